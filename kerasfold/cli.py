@@ -1,0 +1,47 @@
+"""What both command lines share: one-line errors, warnings as lines, exit codes.
+
+Exit codes: 0 success, 1 the parity check failed, 2 bad input (file, layer, OUT), 3 internal error.
+"""
+from __future__ import annotations
+
+import sys
+import traceback
+import warnings
+from typing import Callable
+
+from .errors import ExportError
+
+EXIT_OK, EXIT_PARITY, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"416x416"`` or ``"416"`` -> (416, 416)."""
+    parts = text.lower().split("x")
+    try:
+        size = tuple(int(p) for p in parts)
+    except ValueError:
+        size = ()
+    if len(size) not in (1, 2) or min(size) < 1:
+        raise ValueError(f"expected HxW such as 416x416, received {text!r}")
+    return (size[0], size[-1])
+
+
+def run(main: Callable[[], int], prog: str) -> int:
+    """Run ``main``; bad input -> one line on stderr and exit 2; a bug -> traceback and exit 3."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            code = main()
+        except ExportError as err:
+            code = EXIT_INPUT
+            print(f"{prog}: error: {err}", file=sys.stderr)
+        except KeyboardInterrupt:
+            code = 130
+        except Exception:                                    # a bug of ours: say so, keep the trace
+            traceback.print_exc()
+            print(f"{prog}: internal error (please report it with the trace above)", file=sys.stderr)
+            code = EXIT_INTERNAL
+    for w in caught:
+        if w.category.__module__.startswith("kerasfold"):
+            print(f"{prog}: warning: {w.message}", file=sys.stderr)
+    return code

@@ -1,0 +1,137 @@
+"""Graph nodes -> manifest entries: one function per Keras class, found by name.
+
+An entry is the manifest dict of one layer plus its tensors in device layout; the writer adds
+the file names and hashes.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from . import layout
+from .activations import ACTIVATION_LAYERS, from_layer
+from .errors import ExportError
+from .graph import Graph, Node
+from .shapes import conv_geometry, pair, pool_geometry
+
+
+@dataclass
+class Tensor:
+    array: np.ndarray
+    layout: str | None = None         # "OHWI", "OHW", ...; None for biases
+
+
+@dataclass
+class Entry:
+    meta: dict[str, Any]
+    tensors: dict[str, Tensor] = field(default_factory=dict)   # "weights", "bias"
+
+    @property
+    def name(self) -> str:
+        return self.meta["name"]
+
+
+class UnknownLayerWarning(UserWarning):
+    """A parameterless layer the exporter has no rule for: exported by class name and config."""
+
+
+def _pad(node: Node, pad: list) -> list[int]:
+    if any(p is None for p in pad):
+        raise ExportError("expected a known input size to compute 'same' padding with stride > 1, "
+                          "received an input of unknown size; pass --input-size HxW", layer=node.name)
+    return [int(p) for p in pad]
+
+
+def _base(node: Node, kind: str) -> dict[str, Any]:
+    return {"name": node.name, "type": kind, "keras_class": node.kind, "inputs": list(node.inputs),
+            "folded": list(node.folded)}
+
+
+def _tail(node: Node) -> dict[str, Any]:
+    shape = node.output_shape
+    return {"activation": dict(node.activation), "output_shape": None if shape is None else list(shape)}
+
+
+def _bias(node: Node, channels: int) -> Tensor:
+    bias = node.weights.get("bias")
+    return Tensor(np.zeros(channels, np.float32) if bias is None else bias.astype(np.float32))
+
+
+def _conv2d(node: Node, graph: Graph) -> Entry:
+    c = node.config
+    pad, _ = conv_geometry(node, graph[node.inputs[0]].output_shape)
+    meta = {**_base(node, "conv2d"), **_tail(node), "kernel": list(pair(c["kernel_size"])),
+            "strides": list(pair(c.get("strides", 1))), "dilation": list(pair(c.get("dilation_rate", 1))),
+            "groups": int(c.get("groups", 1) or 1), "padding": c.get("padding", "valid"),
+            "pad": _pad(node, pad)}
+    kernel = node.weights["kernel"]                                   # (kh, kw, in/groups, out)
+    return Entry(meta, {"weights": Tensor(layout.conv2d_ohwi(kernel), "OHWI"),
+                        "bias": _bias(node, kernel.shape[-1])})
+
+
+def _depthwise(node: Node, graph: Graph) -> Entry:
+    c = node.config
+    pad, _ = conv_geometry(node, graph[node.inputs[0]].output_shape)
+    meta = {**_base(node, "depthwise_conv2d"), **_tail(node), "kernel": list(pair(c["kernel_size"])),
+            "strides": list(pair(c.get("strides", 1))), "dilation": list(pair(c.get("dilation_rate", 1))),
+            "depth_multiplier": int(c.get("depth_multiplier", 1)), "padding": c.get("padding", "valid"),
+            "pad": _pad(node, pad)}
+    kernel = node.weights["depthwise_kernel"]                         # (kh, kw, C, M)
+    return Entry(meta, {"weights": Tensor(layout.depthwise_ohw(kernel), "OHW"),
+                        "bias": _bias(node, kernel.shape[2] * kernel.shape[3])})
+
+
+def _pool(kind: str) -> Callable[[Node, Graph], Entry]:
+    def emit(node: Node, graph: Graph) -> Entry:
+        c = node.config
+        pad, _ = pool_geometry(node, graph[node.inputs[0]].output_shape)
+        size = pair(c.get("pool_size", 2))
+        strides = pair(c["strides"]) if c.get("strides") is not None else size
+        return Entry({**_base(node, kind), **_tail(node), "pool_size": list(size),
+                      "strides": list(strides), "padding": c.get("padding", "valid"),
+                      "pad": _pad(node, pad)})
+    return emit
+
+
+def _activation(node: Node, graph: Graph) -> Entry:
+    meta = {**_base(node, "activation"), **_tail(node)}
+    meta["activation"] = from_layer(node.kind, node.config, node.name)
+    return Entry(meta)
+
+
+def _batch_norm(node: Node, graph: Graph) -> Entry:
+    raise ExportError(f"expected BatchNormalization over the channel axis, received axis "
+                      f"{node.config.get('axis')}", layer=node.name)
+
+
+def _unknown(node: Node, graph: Graph) -> Entry:
+    warnings.warn(f"layer '{node.name}': no rule for {node.kind}; exported by class name and config",
+                  UnknownLayerWarning, stacklevel=2)
+    return Entry({**_base(node, "keras_layer"), **_tail(node), "class_name": node.kind,
+                  "config": node.config})
+
+
+EMITTERS: dict[str, Callable[[Node, Graph], Entry]] = {
+    "Conv2D": _conv2d,
+    "DepthwiseConv2D": _depthwise,
+    "MaxPooling2D": _pool("max_pool2d"),
+    "AveragePooling2D": _pool("avg_pool2d"),
+    "BatchNormalization": _batch_norm,
+    **{k: _activation for k in ACTIVATION_LAYERS},
+}
+
+
+def emit(graph: Graph) -> list[Entry]:
+    """Manifest entries of every non-input node, in topological order."""
+    entries = []
+    for node in graph:
+        if node.is_input:
+            continue
+        try:
+            entries.append(EMITTERS.get(node.kind, _unknown)(node, graph))
+        except ExportError as err:
+            raise err.at(layer=node.name)
+    return entries

@@ -1,0 +1,30 @@
+"""The one error type the command line turns into a one-line message and exit code 2."""
+from __future__ import annotations
+
+
+class ExportError(Exception):
+    """Bad input: a file, a layer or an output directory the exporter cannot use.
+
+    The message says what was expected and what was received; ``file`` and ``layer``
+    locate it. ``str(err)`` is the one line a user sees.
+    """
+
+    def __init__(self, message: str, *, file: str | None = None, layer: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.file = file
+        self.layer = layer
+
+    def __str__(self) -> str:
+        where = []
+        if self.file:
+            where.append(str(self.file))
+        if self.layer:
+            where.append(f"layer '{self.layer}'")
+        return f"{': '.join(where)}: {self.message}" if where else self.message
+
+    def at(self, *, file: str | None = None, layer: str | None = None) -> "ExportError":
+        """The same error with the file and/or layer filled in where still unknown."""
+        self.file = self.file or file
+        self.layer = self.layer or layer
+        return self

@@ -1,0 +1,44 @@
+"""Keras kernel order -> device order, one named function per layer kind, and its inverse.
+
+Shapes in the comments; every forward function asserts the shape it produces.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def conv2d_ohwi(kernel: np.ndarray) -> np.ndarray:
+    """Conv2D: (kh, kw, in/groups, out) HWIO -> (out, kh, kw, in/groups) OHWI."""
+    kh, kw, cin, cout = kernel.shape
+    out = np.ascontiguousarray(kernel.transpose(3, 0, 1, 2))
+    assert out.shape == (cout, kh, kw, cin)
+    return out
+
+
+def conv2d_hwio(weights: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`conv2d_ohwi`: (out, kh, kw, in/groups) -> (kh, kw, in/groups, out)."""
+    return np.ascontiguousarray(weights.transpose(1, 2, 3, 0))
+
+
+def depthwise_ohw(kernel: np.ndarray) -> np.ndarray:
+    """DepthwiseConv2D: (kh, kw, C, M) -> (C·M, kh, kw), output channel o = c·M + m
+    (MPS's [in][multiplier][kh][kw])."""
+    kh, kw, c, m = kernel.shape
+    out = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(c * m, kh, kw))
+    assert out.shape == (c * m, kh, kw)
+    return out
+
+
+def depthwise_hwcm(weights: np.ndarray, multiplier: int) -> np.ndarray:
+    """Inverse of :func:`depthwise_ohw`: (C·M, kh, kw) -> (kh, kw, C, M)."""
+    cm, kh, kw = weights.shape
+    return np.ascontiguousarray(weights.reshape(cm // multiplier, multiplier, kh, kw).transpose(2, 3, 0, 1))
+
+
+# layout name -> (device -> Keras) for readers of an export; ``extra`` carries what the shape lacks.
+def to_keras(layout: str, weights: np.ndarray, **extra: int) -> np.ndarray:
+    if layout == "OHWI":
+        return conv2d_hwio(weights)
+    if layout == "OHW":
+        return depthwise_hwcm(weights, extra.get("depth_multiplier", 1))
+    raise ValueError(f"expected a layout in (OHWI, OHW), received {layout!r}")

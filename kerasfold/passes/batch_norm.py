@@ -1,0 +1,89 @@
+"""BatchNormalization passes: fold into the producer; export what cannot be folded on its own.
+
+Adapters only: the math is :func:`kerasfold.fold.fold_bn` on arrays.
+"""
+from __future__ import annotations
+
+from ..activations import is_linear
+from ..fold import BNParams, bn_as_scale_bias, fold_bn
+from ..graph import Graph, Node
+
+# Producer kind -> (weight name, output-channel axis of that weight).
+FOLD_TARGETS: dict[str, tuple[str, int]] = {
+    "Conv2D": ("kernel", -1),       # (kh, kw, in/groups, out)
+}
+
+
+def bn_params(bn: Node) -> BNParams:
+    """Read by name, never by position: γ and β may be absent (scale/center False)."""
+    w = bn.weights
+    return BNParams(mean=w["moving_mean"], var=w["moving_variance"],
+                    eps=float(bn.config.get("epsilon", 1e-3)), gamma=w.get("gamma"), beta=w.get("beta"))
+
+
+def normalises_channels(bn: Node, rank: int) -> bool:
+    """True when the BN's axis is the last (channel) axis of a rank-``rank`` tensor (batch included)."""
+    axis = bn.config.get("axis", -1)
+    axes = axis if isinstance(axis, list) else [axis]
+    return len(axes) == 1 and int(axes[0]) in (-1, rank - 1)
+
+
+def _fold_guard(graph: Graph, bn: Node) -> Node | None:
+    """The producer ``bn`` may be folded into, or None when a guard fails."""
+    if len(bn.inputs) != 1:
+        return None
+    producer = graph[bn.inputs[0]]
+    if producer.kind not in FOLD_TARGETS or producer.folded or not is_linear(producer.activation):
+        return None
+    if any(n.layer == producer.layer and n is not producer for n in graph):
+        return None                             # shared weights: folding would change other calls
+    if graph.sole_consumer(producer.name) is not bn:
+        return None                             # the raw conv output is needed elsewhere
+    rank = len(producer.output_shape) + 1 if producer.output_shape else 4
+    return producer if normalises_channels(bn, rank) else None
+
+
+def fold_bn_into_producers(graph: Graph) -> None:
+    """Conv2D(kernel W, bias b or none, linear) -> BN(γ, β, μ, σ², ε)  =>  Conv2D(W·s, (b−μ)s+β).
+
+        before:  x -> Conv2D -> BatchNormalization -> y
+        after:   x -> Conv2D' -> y            (Conv2D'.folded == ["batch_normalization"])
+
+    Guards: the conv's output feeds only the BN and is not a model output; the BN normalises the
+    channel axis; the conv's own activation is linear; the conv's weights are not shared.
+    """
+    for bn in graph:
+        if bn.kind != "BatchNormalization" or bn.name not in graph.nodes:
+            continue
+        producer = _fold_guard(graph, bn)
+        if producer is None:
+            continue
+        key, axis = FOLD_TARGETS[producer.kind]
+        kernel, bias = fold_bn(producer.weights[key], producer.weights.get("bias"), bn_params(bn), axis)
+        producer.weights = {**producer.weights, key: kernel, "bias": bias}
+        producer.config = {**producer.config, "use_bias": True}
+        producer.folded.append(bn.layer)
+        graph.absorb(producer.name, bn.name)
+
+
+def bn_to_scale_bias(graph: Graph) -> None:
+    """Any BatchNormalization left becomes a 1x1 DepthwiseConv2D with weights s and bias t.
+
+        before:  x -> BatchNormalization -> y
+        after:   x -> DepthwiseConv2D(1x1, depthwise_kernel (1, 1, C, 1) = s, bias = t) -> y
+    """
+    for bn in graph:
+        if bn.kind != "BatchNormalization":
+            continue
+        rank = len(bn.output_shape) + 1 if bn.output_shape else 4
+        if not normalises_channels(bn, rank):
+            continue                            # stays a BatchNormalization; the emitter rejects it
+        scale, shift = bn_as_scale_bias(bn_params(bn))
+        bn.kind = "DepthwiseConv2D"
+        bn.config = {"name": bn.layer, "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
+                     "depth_multiplier": 1, "dilation_rate": [1, 1], "use_bias": True,
+                     "activation": "linear"}
+        bn.weights = {"depthwise_kernel": scale.reshape(1, 1, -1, 1), "bias": shift}
+        bn.folded = [bn.layer]
+
+

@@ -1,0 +1,146 @@
+"""Model files -> graph: legacy ``.h5`` (Keras 2 or 3) and ``.keras`` (Keras 3 zip).
+
+h5py and json only: no TensorFlow, no Keras, nothing from the file is executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from ..errors import ExportError
+from ..graph import Graph, Node, SourceInfo
+from .config import parse_model_config
+from .variables import canonical_name, ordered_names
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+ZIP_MAGIC = b"PK\x03\x04"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _check_arrays(nodes: list[Node]) -> None:
+    for n in nodes:
+        for key, arr in n.weights.items():
+            if not np.issubdtype(arr.dtype, np.floating):
+                raise ExportError(f"expected floating-point weights, received {arr.dtype} in "
+                                  f"'{key}'", layer=n.name)
+
+
+def _legacy_weights(f: h5py.File, nodes: list[Node]) -> None:
+    """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``."""
+    root = f["model_weights"] if "model_weights" in f else f
+    for n in nodes:
+        if n.layer != n.name or n.layer not in root:     # later calls share the first call's arrays
+            continue
+        group = root[n.layer]
+        for stored in group.attrs.get("weight_names", []):
+            stored = _text(stored)
+            n.weights[canonical_name(n.kind, stored)] = np.asarray(group[stored][()])
+    _share_weights(nodes)
+
+
+def _keras_weights(f: h5py.File, nodes: list[Node]) -> None:
+    """Weights of a ``.keras`` archive: ``layers/<path>/vars/<i>`` in creation order. The group
+    path is Keras' own (``conv2d``, ``conv2d_1``, ... by class); ``vars`` carries the layer name."""
+    by_layer = {}
+    for group in f.get("layers", {}).values():
+        if isinstance(group, h5py.Group) and "vars" in group:
+            by_layer[_text(group["vars"].attrs.get("name", ""))] = group["vars"]
+    for n in nodes:
+        if n.layer != n.name or n.layer not in by_layer:
+            continue
+        group = by_layer[n.layer]
+        arrays = [np.asarray(group[str(i)][()]) for i in range(len(group))]
+        try:
+            names = ordered_names(n.kind, n.config, len(arrays))
+        except ExportError as err:
+            raise err.at(layer=n.name)
+        n.weights = dict(zip(names, arrays))
+    _share_weights(nodes)
+
+
+def _share_weights(nodes: list[Node]) -> None:
+    first = {n.layer: n for n in reversed(nodes)}
+    for n in nodes:
+        if n.name != n.layer:
+            n.weights = first[n.layer].weights
+
+
+def _read_h5(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+    with h5py.File(path, "r") as f:
+        if "model_config" not in f.attrs:
+            raise ExportError("expected a whole model (attribute 'model_config'), received a "
+                              "weights-only file; save it with model.save(), not save_weights()")
+        config = json.loads(_text(f.attrs["model_config"]))
+        version = _text(f.attrs.get("keras_version", f["model_weights"].attrs.get("keras_version", "")
+                                    if "model_weights" in f else ""))
+        nodes, ins, outs = parse_model_config(config)
+        _legacy_weights(f, nodes)
+    flavour = "keras3-h5" if version.startswith("3") else "keras2-h5"
+    return config, version, flavour, nodes, ins, outs
+
+
+def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+    with zipfile.ZipFile(path) as z:
+        names = set(z.namelist())
+        for needed in ("config.json", "model.weights.h5"):
+            if needed not in names:
+                raise ExportError(f"expected a .keras archive with {needed}, received a zip "
+                                  f"holding {sorted(names)[:5]}")
+        config = json.loads(z.read("config.json"))
+        meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+        weights = z.read("model.weights.h5")
+    nodes, ins, outs = parse_model_config(config)
+    with h5py.File(io.BytesIO(weights), "r") as f:
+        _keras_weights(f, nodes)
+    return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs
+
+
+def read_model(path: str | Path) -> Graph:
+    """Read a Keras model file into a :class:`Graph`. Raises :class:`ExportError` on bad input."""
+    path = Path(path)
+    try:
+        if not path.is_file():
+            raise ExportError("expected a Keras model file, received a path that "
+                              + ("is a directory" if path.is_dir() else "does not exist"))
+        with path.open("rb") as f:
+            head = f.read(8)
+        if head.startswith(HDF5_MAGIC):
+            reader = _read_h5
+        elif head.startswith(ZIP_MAGIC):
+            reader = _read_keras
+        else:
+            raise ExportError("expected an HDF5 (.h5) or zip (.keras) file, received "
+                              + (f"a file starting with {head!r}" if head else "an empty file"))
+        try:
+            _config, version, flavour, nodes, ins, outs = reader(path)
+        except (OSError, zipfile.BadZipFile, EOFError) as err:
+            raise ExportError(f"expected a readable model file, received a damaged or truncated "
+                              f"one ({type(err).__name__}: {err})") from err
+        except (ValueError, TypeError, IndexError, KeyError) as err:
+            if isinstance(err, json.JSONDecodeError):
+                raise ExportError(f"expected model_config as JSON, received invalid JSON ({err})") from err
+            raise ExportError(f"expected a Keras model config, received one that does not parse "
+                              f"({type(err).__name__}: {err})") from err
+        _check_arrays(nodes)
+    except ExportError as err:
+        raise err.at(file=str(path))
+    source = SourceInfo(file=path.name, sha256=_sha256(path), keras_version=version, flavour=flavour)
+    return Graph(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source)

@@ -1,0 +1,178 @@
+"""Keras models rebuilt from data, for the parity check (imports Keras when called).
+
+- :func:`from_export`: the BN-free model *as written*: every layer from the manifest and the
+  ``.bin`` files (layouts undone), every padding from the manifest's explicit ``pad``.
+- :func:`from_graph`: the original model, BatchNormalization included, from the graph as read
+  (for files the installed Keras cannot load).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+
+from .errors import ExportError
+from .exported import Export
+from .graph import Graph, Node
+from .keras_env import import_keras
+from .layout import to_keras
+from .readers.variables import canonical_name
+
+
+def keras_class(name: str) -> type:
+    """A built-in Keras layer class by name: never a custom or Lambda class from a file."""
+    keras = import_keras()
+    cls = getattr(keras.layers, name, None)
+    if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)) or name == "Lambda":
+        raise AttributeError(f"no built-in Keras layer named {name!r}")
+    return cls
+
+
+def activation_layer(spec: dict[str, Any]) -> Any | None:
+    """The Keras layer computing a manifest ``activation``; None for linear."""
+    layers = import_keras().layers
+    kind = spec["type"]
+    if kind == "linear":
+        return None
+    if kind == "relu":
+        return layers.ReLU(max_value=spec.get("max_value"), negative_slope=spec.get("alpha", 0.0),
+                           threshold=spec.get("threshold", 0.0))
+    if kind == "leaky_relu":
+        return layers.LeakyReLU(negative_slope=spec["alpha"])
+    if kind == "elu":
+        return layers.ELU(alpha=spec.get("alpha", 1.0))
+    return layers.Activation(kind)
+
+
+def _pad(x: Any, pad: list[int], value: float = 0.0) -> Any:
+    keras = import_keras()
+    top, bottom, left, right = pad
+    if not any(pad):
+        return x
+    widths = [[0, 0], [top, bottom], [left, right], [0, 0]]
+    return keras.layers.Lambda(lambda t: keras.ops.pad(t, widths, constant_values=value))(x)
+
+
+def _conv2d(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    keras = import_keras()
+    weights = to_keras("OHWI", export.tensor(entry, "weights").astype(np.float32))
+    layer = keras.layers.Conv2D(weights.shape[-1], entry["kernel"], strides=entry["strides"],
+                                dilation_rate=entry["dilation"], groups=entry["groups"], padding="valid")
+    y = layer(_pad(xs[0], entry["pad"]))
+    layer.set_weights([weights, export.tensor(entry, "bias")])
+    return y
+
+
+def _depthwise(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    keras = import_keras()
+    m = entry["depth_multiplier"]
+    weights = to_keras("OHW", export.tensor(entry, "weights").astype(np.float32), depth_multiplier=m)
+    layer = keras.layers.DepthwiseConv2D(entry["kernel"], strides=entry["strides"], depth_multiplier=m,
+                                         dilation_rate=entry["dilation"], padding="valid")
+    y = layer(_pad(xs[0], entry["pad"]))
+    layer.set_weights([weights, export.tensor(entry, "bias")])
+    return y
+
+
+def _max_pool(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    """Padded positions take no part: pad with -inf, then a valid max pool."""
+    keras = import_keras()
+    pool = keras.layers.MaxPooling2D(entry["pool_size"], strides=entry["strides"], padding="valid")
+    return pool(_pad(xs[0], entry["pad"], float("-inf")))
+
+
+def _avg_pool(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    """Divide by the number of real pixels in each window: mean(x padded) / mean(1 padded)."""
+    keras = import_keras()
+    ops = keras.ops
+
+    def pool(t: Any) -> Any:
+        return keras.layers.AveragePooling2D(entry["pool_size"], strides=entry["strides"],
+                                             padding="valid")(_pad(t, entry["pad"]))
+    ones = keras.layers.Lambda(lambda t: ops.ones_like(t[..., :1]))(xs[0])
+    return keras.layers.Lambda(lambda ts: ts[0] / ts[1])([pool(xs[0]), pool(ones)])
+
+
+def _activation(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    return xs[0]                # applied by from_export with every entry's activation
+
+
+def _keras_layer(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    keras = import_keras()
+    layer = keras_class(entry["class_name"]).from_config(entry["config"])
+    return layer(xs[0] if len(xs) == 1 else xs)
+
+
+BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Export], Any]] = {
+    "conv2d": _conv2d,
+    "depthwise_conv2d": _depthwise,
+    "max_pool2d": _max_pool,
+    "avg_pool2d": _avg_pool,
+    "activation": _activation,
+    "keras_layer": _keras_layer,
+}
+
+
+def from_export(export: Export) -> Any:
+    """The BN-free Keras model described by an export's manifest and ``.bin`` files."""
+    keras = import_keras()
+    tensors: dict[str, Any] = {}
+    inputs = []
+    for spec in export.manifest["inputs"]:
+        tensors[spec["name"]] = keras.Input(shape=tuple(spec["shape"]), name=spec["name"])
+        inputs.append(tensors[spec["name"]])
+    for entry in export.layers:
+        build = BUILDERS.get(entry["type"])
+        if build is None:
+            raise ExportError(f"expected a layer type the parity check can rebuild ({', '.join(BUILDERS)}), "
+                              f"received {entry['type']}", file=str(export.root), layer=entry["name"])
+        y = build(entry, [tensors[i] for i in entry["inputs"]], export)
+        act = activation_layer(entry["activation"])
+        tensors[entry["name"]] = act(y) if act is not None else y
+    return keras.Model(inputs, [tensors[o] for o in export.manifest["outputs"]])
+
+
+def _set_weights_by_name(layer: Any, node: Node) -> None:
+    values = []
+    for v in layer.weights:
+        key = canonical_name(node.kind, v.path if hasattr(v, "path") else v.name)
+        if key not in node.weights:
+            raise ExportError(f"expected weight '{key}' for a rebuilt {node.kind}, received "
+                              f"{sorted(node.weights)}", layer=node.name)
+        values.append(node.weights[key])
+    layer.set_weights(values)
+
+
+def keras3_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """A Keras 2 layer config in the form Keras 3's constructors take."""
+    config = {k: v for k, v in config.items() if k not in ("batch_input_shape", "batch_shape")}
+    if kind == "BatchNormalization" and isinstance(config.get("axis"), list) and len(config["axis"]) == 1:
+        config["axis"] = config["axis"][0]
+    if kind == "LeakyReLU" and "alpha" in config:
+        config["negative_slope"] = config.pop("alpha")
+    return config
+
+
+def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
+    """The original model, BatchNormalization included, from the graph as read: each layer from
+    its config with Keras' own implementation (safe deserialisation; no Lambda is executed)."""
+    keras = import_keras()
+    tensors: dict[str, Any] = {}
+    layers: dict[str, Any] = {}
+    for node in graph:
+        if node.is_input:
+            tensors[node.name] = keras.Input(shape=input_shapes[node.name], name=node.name)
+            continue
+        if node.layer not in layers:
+            config = keras3_config(node.kind, node.config)
+            try:
+                layers[node.layer] = keras_class(node.kind).from_config(config)
+            except (ValueError, TypeError, AttributeError) as err:
+                raise ExportError(f"expected a layer Keras can rebuild, received {node.kind} ({err})",
+                                  layer=node.name) from err
+        layer = layers[node.layer]
+        xs = [tensors[i] for i in node.inputs]
+        tensors[node.name] = layer(xs[0] if len(xs) == 1 else xs)
+        if node.weights and node.name == node.layer:
+            _set_weights_by_name(layer, node)
+    return keras.Model([tensors[i] for i in graph.inputs], [tensors[o] for o in graph.outputs])

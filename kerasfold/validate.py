@@ -1,0 +1,76 @@
+"""Checks on the weights as read, before any pass: known layer, shapes agree with the config,
+every value finite, BatchNormalization variance not negative."""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+
+from .errors import ExportError
+from .graph import Graph, Node, Shape
+from .shapes import pair
+
+ExpectedShapes = Callable[[Node, int | None], dict[str, tuple]]
+
+
+def _conv2d(node: Node, cin: int | None) -> dict[str, tuple]:
+    c = node.config
+    kh, kw = pair(c["kernel_size"])
+    groups = int(c.get("groups", 1) or 1)
+    shapes = {"kernel": (kh, kw, None if cin is None else cin // groups, int(c["filters"]))}
+    if c.get("use_bias", True):
+        shapes["bias"] = (int(c["filters"]),)
+    return shapes
+
+
+def _batch_norm(node: Node, cin: int | None) -> dict[str, tuple]:
+    names = (["gamma"] if node.config.get("scale", True) else []) \
+        + (["beta"] if node.config.get("center", True) else []) + ["moving_mean", "moving_variance"]
+    return {n: (cin,) for n in names}
+
+
+# Layers with weights the exporter knows, with the shapes their config implies.
+WEIGHTED: dict[str, ExpectedShapes] = {
+    "Conv2D": _conv2d,
+    "BatchNormalization": _batch_norm,
+}
+
+
+def _matches(expected: tuple, actual: tuple) -> bool:
+    return len(expected) == len(actual) and all(e is None or e == a for e, a in zip(expected, actual))
+
+
+def check_node(node: Node, in_shape: Shape | None) -> None:
+    if not node.weights and node.kind not in WEIGHTED:
+        return
+    rule = WEIGHTED.get(node.kind)
+    if rule is None:
+        raise ExportError(f"expected a layer the exporter supports ({', '.join(sorted(WEIGHTED))}), "
+                          f"received {node.kind} with weights {sorted(node.weights)}", layer=node.name)
+    cin = in_shape[-1] if in_shape else None
+    expected = rule(node, cin)
+    if set(expected) != set(node.weights):
+        raise ExportError(f"expected weights {sorted(expected)} from the config, received "
+                          f"{sorted(node.weights)}", layer=node.name)
+    for key, shape in expected.items():
+        actual = node.weights[key].shape
+        if not _matches(shape, actual):
+            want = tuple("?" if s is None else s for s in shape)
+            raise ExportError(f"expected {key} of shape {want} from the config, received "
+                              f"{actual}", layer=node.name)
+    for key, arr in node.weights.items():
+        if not np.all(np.isfinite(arr)):
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            raise ExportError(f"expected finite {key}, received {bad} NaN/Inf values", layer=node.name)
+    if node.kind == "BatchNormalization" and np.any(node.weights["moving_variance"] < 0):
+        worst = float(node.weights["moving_variance"].min())
+        raise ExportError(f"expected moving_variance >= 0, received {worst:g}", layer=node.name)
+
+
+def check_graph(graph: Graph) -> None:
+    """Raise :class:`ExportError` naming the first layer whose weights cannot be exported."""
+    for node in graph:
+        if node.name != node.layer:         # later calls of a shared layer: checked at the first
+            continue
+        in_shape = graph[node.inputs[0]].output_shape if node.inputs else None
+        check_node(node, in_shape)

@@ -1,0 +1,106 @@
+"""Entries -> ``<name>_W.bin`` / ``<name>_b.bin`` + ``manifest.json`` (FORMAT.md), written atomically."""
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import FORMAT_NAME, FORMAT_VERSION, __version__
+from .atomic import staged_directory
+from .emit import Entry
+from .errors import ExportError
+from .graph import Graph
+
+MANIFEST = "manifest.json"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_name(name: str, taken: set[str]) -> str:
+    """A file-name stem from a layer name: only ``A-Z a-z 0-9 . _ -``, not hidden, not ``.``/``..``,
+    distinct from every stem in ``taken`` even on a case-insensitive file system."""
+    stem = _UNSAFE.sub("_", name) or "_"
+    if stem.startswith("."):
+        stem = "_" + stem[1:]
+    candidate, k = stem, 1
+    while candidate.casefold() in taken:
+        k += 1
+        candidate = f"{stem}_{k}"
+    taken.add(candidate.casefold())
+    return candidate
+
+
+def file_stems(entries: list[Entry], forge_names: bool) -> dict[str, str]:
+    """Layer name -> file stem. With ``forge_names`` the conv2d entries are conv1..convN in graph
+    order (Forge's YOLO example), claimed before any other name."""
+    taken: set[str] = set()
+    stems: dict[str, str] = {}
+    weighted = [e for e in entries if e.tensors]
+    if forge_names:
+        for i, e in enumerate((e for e in weighted if e.meta["type"] == "conv2d"), start=1):
+            stems[e.name] = safe_name(f"conv{i}", taken)
+    for e in weighted:
+        if e.name not in stems:
+            stems[e.name] = safe_name(e.name, taken)
+    return stems
+
+
+def _write_tensor(path: Path, array: np.ndarray, dtype: str) -> dict[str, Any]:
+    data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
+    path.write_bytes(data)
+    return {"file": path.name, "shape": list(array.shape), "dtype": dtype,
+            "sha256": hashlib.sha256(data).hexdigest()}
+
+
+def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> dict[str, Any]:
+    src = graph.source
+    return {
+        "format": FORMAT_NAME, "version": FORMAT_VERSION, "dtype": dtype,
+        "generator": f"kerasfold {__version__}",
+        "source": {"file": src.file, "sha256": src.sha256, "keras_version": src.keras_version,
+                   "flavour": src.flavour},
+        "inputs": [{"name": n, "shape": list(graph[n].output_shape or [])} for n in graph.inputs],
+        "outputs": list(graph.outputs),
+        "layers": layers,
+    }
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse to replace anything that is not a previous export (or an empty directory)."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise ExportError("expected OUT to be a directory, received a file", file=str(out))
+    entries = list(out.iterdir())
+    if entries and not (out / MANIFEST).is_file():
+        raise ExportError("expected OUT to be empty or a previous kerasfold export, received a "
+                          f"directory with {len(entries)} other entries; refusing to replace it",
+                          file=str(out))
+
+
+def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
+                 forge_names: bool = False) -> dict[str, Any]:
+    """Write every tensor and the manifest into a staged directory that then replaces ``out``."""
+    check_out_dir(out)
+    stems = file_stems(entries, forge_names)
+    layers = []
+    try:
+        with staged_directory(out) as stage:
+            for e in entries:
+                meta = dict(e.meta)
+                for key, tensor in e.tensors.items():
+                    suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
+                    info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", tensor.array, kind)
+                    if tensor.layout:
+                        info = {**info, "layout": tensor.layout}
+                    meta[key] = info
+                layers.append(meta)
+            manifest = build_manifest(graph, layers, dtype)
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+    except OSError as err:
+        raise ExportError(f"expected a writable output directory, received {err.strerror or err}",
+                          file=str(out)) from err
+    return manifest

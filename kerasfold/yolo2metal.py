@@ -1,0 +1,55 @@
+"""Command line: ``python -m kerasfold.yolo2metal MODEL OUT [--verify]``. Parses and reports only."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .cli import EXIT_OK, EXIT_PARITY, parse_size, run
+from .export import ExportOptions, export
+
+PROG = "kerasfold"
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog=PROG, description="Export a Keras model (.h5, .keras) to Metal weight files: "
+        "BatchNormalization folded, kernels in OHWI, manifest.json describing the whole graph.",
+        epilog="exit codes: 0 success, 1 parity check failed, 2 bad input, 3 internal error")
+    p.add_argument("model", help="Keras model file: legacy .h5 (Keras 2 or 3) or .keras")
+    p.add_argument("out", help="output directory; replaced as a whole and atomically")
+    p.add_argument("--verify", action="store_true",
+                   help="after exporting, rebuild the model from the written files with Keras and "
+                   "compare it with the original (needs TensorFlow)")
+    p.add_argument("--tolerance", type=float, default=1e-5,
+                   help="largest relative error --verify accepts (default 1e-5)")
+    p.add_argument("--forge-names", action="store_true",
+                   help="name convolution files conv1..convN in graph order, as Forge's YOLO "
+                   "example loads them")
+    p.add_argument("--input-size", type=parse_size, metavar="HxW",
+                   help="input height and width, for models saved without a fixed input size")
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+
+    def job() -> int:
+        options = ExportOptions(forge_names=args.forge_names, input_size=args.input_size)
+        result = export(args.model, args.out, options)
+        if not args.quiet:
+            print(result.summary())
+        if args.verify:
+            from .verify import verify_export                # TensorFlow only from here on
+            report = verify_export(args.model, args.out, tolerance=args.tolerance,
+                                   input_size=args.input_size)
+            if not args.quiet or not report.passed:
+                print(report.text())
+            return EXIT_OK if report.passed else EXIT_PARITY
+        return EXIT_OK
+
+    return run(job, PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

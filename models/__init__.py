@@ -1,0 +1,1 @@
+"""Seeded reference Keras models used to exercise kerasfold."""

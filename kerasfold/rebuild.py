@@ -129,7 +129,7 @@ def from_export(export: Export) -> Any:
         y = build(entry, [tensors[i] for i in entry["inputs"]], export)
         act = activation_layer(entry["activation"])
         tensors[entry["name"]] = act(y) if act is not None else y
-    return keras.Model(inputs, [tensors[o] for o in export.manifest["outputs"]])
+    return keras.Model(_one_or_list(inputs), _one_or_list([tensors[o] for o in export.manifest["outputs"]]))
 
 
 def _set_weights_by_name(layer: Any, node: Node) -> None:
@@ -175,4 +175,9 @@ def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
         tensors[node.name] = layer(xs[0] if len(xs) == 1 else xs)
         if node.weights and node.name == node.layer:
             _set_weights_by_name(layer, node)
-    return keras.Model([tensors[i] for i in graph.inputs], [tensors[o] for o in graph.outputs])
+    return keras.Model(_one_or_list([tensors[i] for i in graph.inputs]),
+                       _one_or_list([tensors[o] for o in graph.outputs]))
+
+
+def _one_or_list(items: list[Any]) -> Any:
+    return items[0] if len(items) == 1 else items

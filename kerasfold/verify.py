@@ -82,7 +82,9 @@ def rebuild_original(model: Path, export: Export) -> Any:
 
 
 def _outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
-    ys = model(xs if len(xs) > 1 else xs[0], training=False)
+    with warnings.catch_warnings():         # Keras warns when a loaded model's input nesting differs
+        warnings.simplefilter("ignore")
+        ys = model(xs if len(xs) > 1 else xs[0], training=False)
     return [np.asarray(y, dtype=np.float64) for y in (ys if isinstance(ys, (list, tuple)) else [ys])]
 
 

@@ -15,7 +15,7 @@ from . import layout
 from .activations import ACTIVATION_LAYERS, from_layer
 from .errors import ExportError
 from .graph import Graph, Node
-from .shapes import conv_geometry, pair, pool_geometry
+from .shapes import channel_axis, conv_geometry, four_sides, pair, pool_geometry
 
 
 @dataclass
@@ -96,6 +96,33 @@ def _pool(kind: str) -> Callable[[Node, Graph], Entry]:
     return emit
 
 
+def _dense(node: Node, graph: Graph) -> Entry:
+    kernel = node.weights["kernel"]                                   # (in, out)
+    meta = {**_base(node, "dense"), **_tail(node), "units": int(kernel.shape[1])}
+    return Entry(meta, {"weights": Tensor(layout.dense_oi(kernel), "OI"),
+                        "bias": _bias(node, kernel.shape[1])})
+
+
+def _prelu(node: Node, graph: Graph) -> Entry:
+    alpha = node.weights["alpha"]
+    meta = {**_base(node, "prelu"), **_tail(node), "shared_axes": node.config.get("shared_axes")}
+    return Entry(meta, {"weights": Tensor(alpha.astype(np.float32), "HWC")})
+
+
+def _params(kind: str, **fields: Callable[[Node, Graph], Any]) -> Callable[[Node, Graph], Entry]:
+    """An emitter for a parameterless layer: its base fields plus ``fields`` computed per node."""
+    def emit(node: Node, graph: Graph) -> Entry:
+        return Entry({**_base(node, kind), **_tail(node), **{k: f(node, graph) for k, f in fields.items()}})
+    return emit
+
+
+def _rank(node: Node, graph: Graph) -> int:
+    shape = graph[node.inputs[0]].output_shape
+    if shape is None:
+        raise ExportError("expected a known input rank for the axis, received an unknown shape")
+    return len(shape)
+
+
 def _activation(node: Node, graph: Graph) -> Entry:
     meta = {**_base(node, "activation"), **_tail(node)}
     meta["activation"] = from_layer(node.kind, node.config, node.name)
@@ -107,18 +134,46 @@ def _batch_norm(node: Node, graph: Graph) -> Entry:
                       f"{node.config.get('axis')}", layer=node.name)
 
 
+def _opaque_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A config fit for JSON: marshalled Lambda bytecode is named, not copied."""
+    return {k: ("<bytecode>" if k == "function" and not isinstance(v, str) else v) for k, v in config.items()}
+
+
 def _unknown(node: Node, graph: Graph) -> Entry:
-    warnings.warn(f"layer '{node.name}': no rule for {node.kind}; exported by class name and config",
+    what = f"Lambda '{node.config.get('function')}'" if node.kind == "Lambda" else node.kind
+    warnings.warn(f"layer '{node.name}': no rule for {what}; exported by class name and config",
                   UnknownLayerWarning, stacklevel=2)
     return Entry({**_base(node, "keras_layer"), **_tail(node), "class_name": node.kind,
-                  "config": node.config})
+                  "config": _opaque_config(node.config)})
+
+
+def _pad_of(key: str, default: Any) -> Callable[[Node, Graph], list[int]]:
+    return lambda node, graph: four_sides(node.config.get(key, default))
 
 
 EMITTERS: dict[str, Callable[[Node, Graph], Entry]] = {
     "Conv2D": _conv2d,
     "DepthwiseConv2D": _depthwise,
+    "Dense": _dense,
+    "PReLU": _prelu,
     "MaxPooling2D": _pool("max_pool2d"),
     "AveragePooling2D": _pool("avg_pool2d"),
+    "GlobalAveragePooling2D": _params("global_avg_pool2d", keepdims=lambda n, g: bool(n.config.get("keepdims"))),
+    "GlobalMaxPooling2D": _params("global_max_pool2d", keepdims=lambda n, g: bool(n.config.get("keepdims"))),
+    "ZeroPadding2D": _params("zero_padding2d", pad=_pad_of("padding", 1)),
+    "Cropping2D": _params("cropping2d", crop=_pad_of("cropping", 0)),
+    "UpSampling2D": _params("upsampling2d", size=lambda n, g: list(pair(n.config.get("size", 2))),
+                            interpolation=lambda n, g: n.config.get("interpolation", "nearest")),
+    "Add": _params("add"),
+    "Subtract": _params("subtract"),
+    "Multiply": _params("multiply"),
+    "Concatenate": _params("concatenate", axis=lambda n, g: channel_axis(n, _rank(n, g))),
+    "Flatten": _params("flatten"),
+    "Reshape": _params("reshape", target_shape=lambda n, g: list(n.output_shape or n.config["target_shape"])),
+    "Softmax": _params("softmax", axis=lambda n, g: channel_axis(n, _rank(n, g))),
+    "SpaceToDepth": _params("space_to_depth", block_size=lambda n, g: 2),
+    "Rescaling": _params("rescaling", scale=lambda n, g: n.config.get("scale", 1.0),
+                         offset=lambda n, g: n.config.get("offset", 0.0)),
     "BatchNormalization": _batch_norm,
     **{k: _activation for k in ACTIVATION_LAYERS},
 }

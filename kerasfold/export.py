@@ -14,6 +14,7 @@ from .emit import emit
 from .errors import ExportError
 from .graph import Graph
 from .passes import run_passes
+from .passes.lambdas import recognise_lambdas
 from .readers import read_model
 from .shapes import infer_shapes
 from .validate import check_graph
@@ -72,6 +73,7 @@ def prepare(model: str | Path, options: ExportOptions = ExportOptions()) -> Grap
     graph = read_model(model)
     try:
         apply_input_size(graph, options.input_size)
+        recognise_lambdas(graph)
         infer_shapes(graph)
         check_graph(graph)
         return run_passes(graph)

@@ -3,7 +3,11 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import contextmanager
 from types import ModuleType
+from typing import Any, Iterator
+
+import numpy as np
 
 from .errors import ExportError
 
@@ -19,3 +23,32 @@ def import_keras() -> ModuleType:
     for name in ("absl", "tensorflow", "h5py._conv"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return keras
+
+
+@contextmanager
+def floatx(dtype: str) -> Iterator[None]:
+    """Layers and inputs created inside take ``dtype`` (Keras' global float type)."""
+    keras = import_keras()
+    previous = keras.config.floatx()
+    keras.config.set_floatx(dtype)
+    try:
+        yield
+    finally:
+        keras.config.set_floatx(previous)
+
+
+def with_dtype(model: Any, dtype: str) -> Any:
+    """A copy of a loaded model computing in ``dtype``, with the same (upcast) weights."""
+    keras = import_keras()
+    if all(layer.dtype == dtype for layer in model.layers if layer.weights):
+        return model
+
+    def clone(layer: Any) -> Any:
+        return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
+
+    inputs = keras.tree.map_structure(lambda t: keras.Input(shape=t.shape[1:], dtype=dtype), model.input)
+    copy = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
+    for src, dst in zip(model.layers, copy.layers):
+        if src.weights:
+            dst.set_weights([w.astype(dtype) for w in src.get_weights()])
+    return copy

@@ -35,10 +35,21 @@ def depthwise_hwcm(weights: np.ndarray, multiplier: int) -> np.ndarray:
     return np.ascontiguousarray(weights.reshape(cm // multiplier, multiplier, kh, kw).transpose(2, 3, 0, 1))
 
 
+def dense_oi(kernel: np.ndarray) -> np.ndarray:
+    """Dense: (in, out) -> (out, in); ``in`` stays in Keras' flatten order (H, W, C), so a Dense
+    after Flatten reads [out][H][W][C] as Forge's fully connected layer does."""
+    n_in, n_out = kernel.shape
+    out = np.ascontiguousarray(kernel.T)
+    assert out.shape == (n_out, n_in)
+    return out
+
+
 # layout name -> (device -> Keras) for readers of an export; ``extra`` carries what the shape lacks.
 def to_keras(layout: str, weights: np.ndarray, **extra: int) -> np.ndarray:
     if layout == "OHWI":
         return conv2d_hwio(weights)
+    if layout == "OI":
+        return np.ascontiguousarray(weights.T)
     if layout == "OHW":
         return depthwise_hwcm(weights, extra.get("depth_multiplier", 1))
-    raise ValueError(f"expected a layout in (OHWI, OHW), received {layout!r}")
+    raise ValueError(f"expected a layout in (OHWI, OHW, OI), received {layout!r}")

@@ -103,14 +103,82 @@ def _keras_layer(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
     return layer(xs[0] if len(xs) == 1 else xs)
 
 
+def _dense(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    keras = import_keras()
+    weights = to_keras("OI", export.tensor(entry, "weights").astype(np.float32))
+    layer = keras.layers.Dense(entry["units"])
+    y = layer(xs[0])
+    layer.set_weights([weights, export.tensor(entry, "bias")])
+    return y
+
+
+def _prelu(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    keras = import_keras()
+    layer = keras.layers.PReLU(shared_axes=entry.get("shared_axes"))
+    y = layer(xs[0])
+    layer.set_weights([export.tensor(entry, "weights").astype(np.float32)])
+    return y
+
+
+def _lambda(fn: Callable[..., Any]) -> Callable[[dict[str, Any], list[Any], Export], Any]:
+    """A builder applying ``fn(entry, *inputs)`` with Keras ops (a Lambda we define, not one from a file)."""
+    def build(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+        keras = import_keras()
+        return keras.layers.Lambda(lambda ts: fn(keras.ops, entry, *ts))(xs)
+    return build
+
+
+def _space_to_depth(ops: Any, entry: dict[str, Any], x: Any) -> Any:
+    """TensorFlow's space_to_depth: out[i, j, (bi·b + bj)·C + c] = in[i·b + bi, j·b + bj, c]."""
+    b = entry["block_size"]
+    _, h, w, c = x.shape
+    x = ops.reshape(x, (-1, h // b, b, w // b, b, c))
+    return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, h // b, w // b, b * b * c))
+
+
+def _upsampling(ops: Any, entry: dict[str, Any], x: Any) -> Any:
+    if entry["interpolation"] != "nearest":
+        raise ExportError(f"expected nearest upsampling, received {entry['interpolation']}", layer=entry["name"])
+    sh, sw = entry["size"]
+    return ops.repeat(ops.repeat(x, sh, axis=1), sw, axis=2)
+
+
+def _crop(ops: Any, entry: dict[str, Any], x: Any) -> Any:
+    top, bottom, left, right = entry["crop"]
+    return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
+
+
 BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Export], Any]] = {
     "conv2d": _conv2d,
     "depthwise_conv2d": _depthwise,
+    "dense": _dense,
+    "prelu": _prelu,
     "max_pool2d": _max_pool,
     "avg_pool2d": _avg_pool,
     "activation": _activation,
     "keras_layer": _keras_layer,
+    "zero_padding2d": lambda e, xs, ex: _pad(xs[0], e["pad"]),
+    "cropping2d": _lambda(_crop),
+    "upsampling2d": _lambda(_upsampling),
+    "add": _lambda(lambda ops, e, *ts: sum(ts[1:], ts[0])),
+    "subtract": _lambda(lambda ops, e, a, b: a - b),
+    "multiply": _lambda(lambda ops, e, *ts: _product(ts)),
+    "concatenate": _lambda(lambda ops, e, *ts: ops.concatenate(ts, axis=e["axis"] + 1)),
+    "global_avg_pool2d": _lambda(lambda ops, e, x: ops.mean(x, axis=(1, 2), keepdims=e["keepdims"])),
+    "global_max_pool2d": _lambda(lambda ops, e, x: ops.max(x, axis=(1, 2), keepdims=e["keepdims"])),
+    "flatten": _lambda(lambda ops, e, x: ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))),
+    "reshape": _lambda(lambda ops, e, x: ops.reshape(x, (-1, *e["target_shape"]))),
+    "softmax": _lambda(lambda ops, e, x: ops.softmax(x, axis=e["axis"] + 1)),
+    "space_to_depth": _lambda(_space_to_depth),
+    "rescaling": _lambda(lambda ops, e, x: x * np.float32(e["scale"]) + np.float32(e["offset"])),
 }
+
+
+def _product(ts: Any) -> Any:
+    out = ts[0]
+    for t in ts[1:]:
+        out = out * t
+    return out
 
 
 def from_export(export: Export) -> Any:
@@ -144,8 +212,8 @@ def _set_weights_by_name(layer: Any, node: Node) -> None:
 
 
 def keras3_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
-    """A Keras 2 layer config in the form Keras 3's constructors take."""
-    config = {k: v for k, v in config.items() if k not in ("batch_input_shape", "batch_shape")}
+    """A Keras 2 layer config in the form Keras 3's constructors take (dtype left to floatx)."""
+    config = {k: v for k, v in config.items() if k not in ("batch_input_shape", "batch_shape", "dtype")}
     if kind == "BatchNormalization" and isinstance(config.get("axis"), list) and len(config["axis"]) == 1:
         config["axis"] = config["axis"][0]
     if kind == "LeakyReLU" and "alpha" in config:
@@ -163,6 +231,10 @@ def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
         if node.is_input:
             tensors[node.name] = keras.Input(shape=input_shapes[node.name], name=node.name)
             continue
+        if node.kind == "SpaceToDepth":                 # a recognised Lambda: TensorFlow's own op
+            tf_op = _tf_space_to_depth()
+            tensors[node.name] = keras.layers.Lambda(tf_op)(tensors[node.inputs[0]])
+            continue
         if node.layer not in layers:
             config = keras3_config(node.kind, node.config)
             try:
@@ -177,6 +249,11 @@ def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
             _set_weights_by_name(layer, node)
     return keras.Model(_one_or_list([tensors[i] for i in graph.inputs]),
                        _one_or_list([tensors[o] for o in graph.outputs]))
+
+
+def _tf_space_to_depth() -> Callable[[Any], Any]:
+    import tensorflow as tf
+    return lambda t: tf.nn.space_to_depth(t, 2)
 
 
 def _one_or_list(items: list[Any]) -> Any:

@@ -86,14 +86,115 @@ def _depthwise(node: Node, shapes: list[Shape]) -> Shape:
     return (h, w, None if channels is None else channels * int(node.config.get("depth_multiplier", 1)))
 
 
+def _dense(node: Node, shapes: list[Shape]) -> Shape:
+    return (*shapes[0][:-1], int(node.config["units"]))
+
+
+def _zero_padding(node: Node, shapes: list[Shape]) -> Shape:
+    top, bottom, left, right = four_sides(node.config.get("padding", 1))
+    h, w, c = shapes[0]
+    return (None if h is None else h + top + bottom, None if w is None else w + left + right, c)
+
+
+def _cropping(node: Node, shapes: list[Shape]) -> Shape:
+    top, bottom, left, right = four_sides(node.config.get("cropping", 0))
+    h, w, c = shapes[0]
+    return (None if h is None else h - top - bottom, None if w is None else w - left - right, c)
+
+
+def four_sides(value: Any) -> list[int]:
+    """Keras' ``int | (sym_h, sym_w) | ((top, bottom), (left, right))`` -> [top, bottom, left, right]."""
+    if isinstance(value, int):
+        return [value] * 4
+    h, w = value
+    h = (h, h) if isinstance(h, int) else tuple(h)
+    w = (w, w) if isinstance(w, int) else tuple(w)
+    return [int(h[0]), int(h[1]), int(w[0]), int(w[1])]
+
+
+def _upsampling(node: Node, shapes: list[Shape]) -> Shape:
+    sh, sw = pair(node.config.get("size", 2))
+    h, w, c = shapes[0]
+    return (None if h is None else h * sh, None if w is None else w * sw, c)
+
+
+def _elementwise(node: Node, shapes: list[Shape]) -> Shape:
+    if any(s != shapes[0] for s in shapes):
+        raise ExportError(f"expected inputs of one shape, received {shapes}")
+    return shapes[0]
+
+
+def channel_axis(node: Node, rank: int) -> int:
+    """A Keras axis (batch included, may be negative) as an index into the unbatched shape."""
+    axis = int(node.config.get("axis", -1))
+    axis = axis + rank + 1 if axis < 0 else axis
+    if not 1 <= axis <= rank:
+        raise ExportError(f"expected an axis within a rank-{rank} tensor, received {node.config.get('axis')}")
+    return axis - 1
+
+
+def _concatenate(node: Node, shapes: list[Shape]) -> Shape:
+    axis = channel_axis(node, len(shapes[0]))
+    rest = [tuple(d for i, d in enumerate(s) if i != axis) for s in shapes]
+    if any(r != rest[0] for r in rest):
+        raise ExportError(f"expected inputs that agree off axis {axis}, received {shapes}")
+    sizes = [s[axis] for s in shapes]
+    out = list(shapes[0])
+    out[axis] = None if None in sizes else sum(sizes)
+    return tuple(out)
+
+
+def _global_pool(node: Node, shapes: list[Shape]) -> Shape:
+    c = shapes[0][-1]
+    return (1, 1, c) if node.config.get("keepdims") else (c,)
+
+
+def _flatten(node: Node, shapes: list[Shape]) -> Shape:
+    size = 1
+    for d in shapes[0]:
+        if d is None:
+            return (None,)
+        size *= d
+    return (size,)
+
+
+def _reshape(node: Node, shapes: list[Shape]) -> Shape:
+    target = [int(d) for d in node.config["target_shape"]]
+    known = _flatten(node, shapes)[0]
+    if -1 in target and known is not None:
+        rest = -1 * math.prod(target)
+        target[target.index(-1)] = known // rest
+    if known is not None and math.prod(target) != known:
+        raise ExportError(f"expected a target shape of {known} elements, received {target}")
+    return tuple(target)
+
+
+def _space_to_depth(node: Node, shapes: list[Shape]) -> Shape:
+    h, w, c = shapes[0]
+    return (None if h is None else h // 2, None if w is None else w // 2, c * 4)
+
+
 SHAPES: dict[str, Callable[[Node, list[Shape]], Shape]] = {
     "Conv2D": _conv,
     "DepthwiseConv2D": _depthwise,
+    "Dense": _dense,
     "MaxPooling2D": _pool,
     "AveragePooling2D": _pool,
+    "ZeroPadding2D": _zero_padding,
+    "Cropping2D": _cropping,
+    "UpSampling2D": _upsampling,
+    "Add": _elementwise,
+    "Subtract": _elementwise,
+    "Multiply": _elementwise,
+    "Concatenate": _concatenate,
+    "GlobalAveragePooling2D": _global_pool,
+    "GlobalMaxPooling2D": _global_pool,
+    "Flatten": _flatten,
+    "Reshape": _reshape,
+    "SpaceToDepth": _space_to_depth,
     **{k: _same for k in ("BatchNormalization", "LeakyReLU", "ReLU", "Activation", "ELU", "Softmax",
-                          "Dropout", "SpatialDropout2D", "GaussianNoise", "GaussianDropout",
-                          "ActivityRegularization", "Identity")},
+                          "PReLU", "Rescaling", "Normalization", "Dropout", "SpatialDropout2D",
+                          "GaussianNoise", "GaussianDropout", "ActivityRegularization", "Identity")},
 }
 
 

@@ -29,10 +29,32 @@ def _batch_norm(node: Node, cin: int | None) -> dict[str, tuple]:
     return {n: (cin,) for n in names}
 
 
+def _depthwise(node: Node, cin: int | None) -> dict[str, tuple]:
+    c = node.config
+    kh, kw = pair(c["kernel_size"])
+    m = int(c.get("depth_multiplier", 1))
+    shapes = {"depthwise_kernel": (kh, kw, cin, m)}
+    if c.get("use_bias", True):
+        shapes["bias"] = (None if cin is None else cin * m,)
+    return shapes
+
+
+def _dense(node: Node, cin: int | None) -> dict[str, tuple]:
+    units = int(node.config["units"])
+    return {"kernel": (cin, units), **({"bias": (units,)} if node.config.get("use_bias", True) else {})}
+
+
+def _prelu(node: Node, cin: int | None) -> dict[str, tuple]:
+    return {"alpha": (None, None, None)}      # (H, W, C) with shared axes of size 1
+
+
 # Layers with weights the exporter knows, with the shapes their config implies.
 WEIGHTED: dict[str, ExpectedShapes] = {
     "Conv2D": _conv2d,
     "BatchNormalization": _batch_norm,
+    "DepthwiseConv2D": _depthwise,
+    "Dense": _dense,
+    "PReLU": _prelu,
 }
 
 

@@ -84,10 +84,10 @@ def check_out_dir(out: Path) -> None:
 def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
                  forge_names: bool = False) -> dict[str, Any]:
     """Write every tensor and the manifest into a staged directory that then replaces ``out``."""
-    check_out_dir(out)
     stems = file_stems(entries, forge_names)
     layers = []
     try:
+        check_out_dir(out)
         with staged_directory(out) as stage:
             for e in entries:
                 meta = dict(e.meta)

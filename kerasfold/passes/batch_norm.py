@@ -4,13 +4,36 @@ Adapters only: the math is :func:`kerasfold.fold.fold_bn` on arrays.
 """
 from __future__ import annotations
 
+from typing import Callable
+
+import numpy as np
+
 from ..activations import is_linear
 from ..fold import BNParams, bn_as_scale_bias, fold_bn
 from ..graph import Graph, Node
 
-# Producer kind -> (weight name, output-channel axis of that weight).
-FOLD_TARGETS: dict[str, tuple[str, int]] = {
-    "Conv2D": ("kernel", -1),       # (kh, kw, in/groups, out)
+def _last_axis(key: str) -> Callable[[Node, BNParams], dict[str, np.ndarray]]:
+    """Fold into a producer whose ``key`` weight has the output channel last:
+    Conv2D (kh, kw, in/groups, out), Dense (in, out)."""
+    def fold(producer: Node, bn: BNParams) -> dict[str, np.ndarray]:
+        kernel, bias = fold_bn(producer.weights[key], producer.weights.get("bias"), bn, -1)
+        return {key: kernel, "bias": bias}
+    return fold
+
+
+def _depthwise(producer: Node, bn: BNParams) -> dict[str, np.ndarray]:
+    """DepthwiseConv2D (kh, kw, C, M): output channel c·M + m, i.e. the flattened last two axes."""
+    kernel = producer.weights["depthwise_kernel"]
+    kh, kw, c, m = kernel.shape
+    flat, bias = fold_bn(kernel.reshape(kh, kw, c * m), producer.weights.get("bias"), bn, -1)
+    return {"depthwise_kernel": flat.reshape(kh, kw, c, m), "bias": bias}
+
+
+# Producer kind -> its fold: the producer's new weights.
+FOLD_TARGETS: dict[str, Callable[[Node, BNParams], dict[str, np.ndarray]]] = {
+    "Conv2D": _last_axis("kernel"),
+    "Dense": _last_axis("kernel"),
+    "DepthwiseConv2D": _depthwise,
 }
 
 
@@ -44,7 +67,7 @@ def _fold_guard(graph: Graph, bn: Node) -> Node | None:
 
 
 def fold_bn_into_producers(graph: Graph) -> None:
-    """Conv2D(kernel W, bias b or none, linear) -> BN(γ, β, μ, σ², ε)  =>  Conv2D(W·s, (b−μ)s+β).
+    """Conv2D | DepthwiseConv2D | Dense (W, b or none, linear) -> BN(γ, β, μ, σ², ε)  =>  (W·s, (b−μ)s+β).
 
         before:  x -> Conv2D -> BatchNormalization -> y
         after:   x -> Conv2D' -> y            (Conv2D'.folded == ["batch_normalization"])
@@ -58,9 +81,7 @@ def fold_bn_into_producers(graph: Graph) -> None:
         producer = _fold_guard(graph, bn)
         if producer is None:
             continue
-        key, axis = FOLD_TARGETS[producer.kind]
-        kernel, bias = fold_bn(producer.weights[key], producer.weights.get("bias"), bn_params(bn), axis)
-        producer.weights = {**producer.weights, key: kernel, "bias": bias}
+        producer.weights = {**producer.weights, **FOLD_TARGETS[producer.kind](producer, bn_params(bn))}
         producer.config = {**producer.config, "use_bias": True}
         producer.folded.append(bn.layer)
         graph.absorb(producer.name, bn.name)

@@ -29,12 +29,14 @@ def import_keras() -> ModuleType:
 def floatx(dtype: str) -> Iterator[None]:
     """Layers and inputs created inside take ``dtype`` (Keras' global float type)."""
     keras = import_keras()
-    previous = keras.config.floatx()
+    previous, policy = keras.config.floatx(), keras.config.dtype_policy()
     keras.config.set_floatx(dtype)
+    keras.config.set_dtype_policy(dtype)       # layers follow the policy, not floatx alone
     try:
         yield
     finally:
         keras.config.set_floatx(previous)
+        keras.config.set_dtype_policy(policy)
 
 
 def with_dtype(model: Any, dtype: str) -> Any:

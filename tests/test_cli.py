@@ -171,3 +171,17 @@ def test_console_scripts_and_module_agree(tiny_yolo, tmp_path):
                           cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0 and proc.stderr == ""
     assert proc.stdout.startswith("exported 15 layers (9 conv2d, 6 max_pool2d); 8 BatchNormalization folded")
+
+
+def test_falls_back_to_graph_when_keras_cannot_load(tiny_yolo, tiny_yolo_export, monkeypatch):
+    import keras
+
+    from kerasfold.verify import verify_export
+
+    def refuse(*args, **kwargs):
+        raise ValueError("bad marshal data (unknown type code)")
+    monkeypatch.setattr(keras.models, "load_model", refuse)
+    report = verify_export(tiny_yolo["keras2-h5"], tiny_yolo_export)
+    assert report.passed and report.original == "rebuilt from the graph"
+    assert any("cannot load tiny-yolo-voc.h5 (bad marshal data" in n for n in report.notes)
+    assert report.text().startswith("note: Keras")

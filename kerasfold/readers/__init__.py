@@ -44,25 +44,40 @@ def _check_arrays(nodes: list[Node]) -> None:
 
 
 def _legacy_weights(f: h5py.File, nodes: list[Node]) -> None:
-    """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``."""
+    """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``.
+    A nested model's group holds all its layers' weights, named ``<inner layer>/<var>``."""
     root = f["model_weights"] if "model_weights" in f else f
     for n in nodes:
-        if n.layer != n.name or n.layer not in root:     # later calls share the first call's arrays
+        top, *inner = n.layer.split("/")
+        if n.layer != n.name or top not in root:        # later calls share the first call's arrays
             continue
-        group = root[n.layer]
+        group = root[top]
         for stored in group.attrs.get("weight_names", []):
             stored = _text(stored)
+            parts = stored.split("/")
+            if inner and (len(parts) < 2 or parts[-2] != inner[-1]):
+                continue
             n.weights[canonical_name(n.kind, stored)] = np.asarray(group[stored][()])
     _share_weights(nodes)
 
 
+def _keras_vars(layers: h5py.Group, prefix: str = "") -> dict[str, h5py.Group]:
+    """Layer path (``backbone/conv``) -> its ``vars`` group. Keras names the groups after the
+    class (``conv2d_1``); ``vars`` carries the layer's own name."""
+    found = {}
+    for group in layers.values():
+        if not isinstance(group, h5py.Group) or "vars" not in group:
+            continue
+        name = prefix + _text(group["vars"].attrs.get("name", ""))
+        found[name] = group["vars"]
+        if "layers" in group:
+            found.update(_keras_vars(group["layers"], name + "/"))
+    return found
+
+
 def _keras_weights(f: h5py.File, nodes: list[Node]) -> None:
-    """Weights of a ``.keras`` archive: ``layers/<path>/vars/<i>`` in creation order. The group
-    path is Keras' own (``conv2d``, ``conv2d_1``, ... by class); ``vars`` carries the layer name."""
-    by_layer = {}
-    for group in f.get("layers", {}).values():
-        if isinstance(group, h5py.Group) and "vars" in group:
-            by_layer[_text(group["vars"].attrs.get("name", ""))] = group["vars"]
+    """Weights of a ``.keras`` archive: ``layers/<path>/vars/<i>`` in creation order."""
+    by_layer = _keras_vars(f["layers"]) if "layers" in f else {}
     for n in nodes:
         if n.layer != n.name or n.layer not in by_layer:
             continue

@@ -7,6 +7,7 @@ the first call keeps the layer's name, call ``k`` is named ``layer@k``.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import ExportError
@@ -32,7 +33,10 @@ def _keras3_history(obj: Any) -> Iterable[list]:
             yield from _keras3_history(value)
 
 
-def _call_inputs(call: Any, layer: str) -> list[str]:
+Ref = tuple  # (layer, call index, tensor index) inside one model config
+
+
+def _call_refs(call: Any, layer: str) -> list[Ref]:
     if isinstance(call, dict):                      # Keras 3
         history = list(_keras3_history([call.get("args", []), call.get("kwargs", {})]))
     elif isinstance(call, list):                    # Keras 2
@@ -40,21 +44,14 @@ def _call_inputs(call: Any, layer: str) -> list[str]:
     else:
         raise ExportError(f"expected inbound nodes as a list or dict, received {type(call).__name__}",
                           layer=layer)
-    names = []
-    for entry in history:
-        producer, call_index, tensor_index = entry[0], int(entry[1]), int(entry[2])
-        if tensor_index != 0:
-            raise ExportError(f"expected single-output producers, received output {tensor_index} "
-                              f"of '{producer}'", layer=layer)
-        names.append(node_name(producer, call_index))
-    return names
+    return [(str(h[0]), int(h[1]), int(h[2])) for h in history]
 
 
-def _layer_refs(refs: Any) -> list[str]:
+def _refs(refs: Any) -> list[Ref]:
     """``input_layers`` / ``output_layers``: ``[[name, node, tensor], ...]`` or one ``[name, node, tensor]``."""
     if refs and isinstance(refs[0], str):
         refs = [refs]
-    return [node_name(r[0], int(r[1])) for r in refs]
+    return [(str(r[0]), int(r[1]), int(r[2])) for r in refs]
 
 
 def input_shape(config: dict[str, Any]) -> tuple | None:
@@ -62,44 +59,126 @@ def input_shape(config: dict[str, Any]) -> tuple | None:
     return tuple(shape[1:]) if shape else None
 
 
-def _input_node(name: str, shape: tuple | None) -> Node:
+def _input_node(name: str, shape: tuple | None, layer: str) -> Node:
     return Node(name=name, kind="InputLayer", config={"name": name, "shape": shape},
-                inputs=[], output_shape=shape)
+                inputs=[], layer=layer, output_shape=shape)
 
 
-def _sequential(layers: list[dict[str, Any]]) -> tuple[list[Node], list[str], list[str]]:
+@dataclass
+class _Model:
+    """One parsed model config: nodes (inputs resolved), its input and output node names."""
+    nodes: list[Node]
+    inputs: list[str]
+    outputs: list[str]
+
+
+def _sequential(layers: list[dict[str, Any]], prefix: str, scope: str) -> _Model:
     nodes: list[Node] = []
     if not layers:
         raise ExportError("expected a Sequential model with layers, received none")
     first = layers[0]
     if first["class_name"] != "InputLayer":
-        shape = input_shape(first["config"])
-        nodes.append(_input_node(f"{first['config']['name']}_input", shape))
+        name = f"{first['config']['name']}_input"
+        nodes.append(_input_node(prefix + name, input_shape(first["config"]), scope + name))
     for spec in layers:
         name = spec["config"]["name"]
         if spec["class_name"] == "InputLayer":
-            nodes.append(_input_node(name, input_shape(spec["config"])))
+            nodes.append(_input_node(prefix + name, input_shape(spec["config"]), scope + name))
             continue
-        nodes.append(Node(name=name, kind=spec["class_name"], config=spec["config"],
-                          inputs=[nodes[-1].name]))
-    return nodes, [nodes[0].name], [nodes[-1].name]
+        if spec["class_name"] in MODEL_CLASSES:
+            sub = _model(spec, prefix + name + "/", scope + name + "/")
+            _bind(sub, [nodes[-1].name])
+            nodes += [n for n in sub.nodes if not n.is_input]
+            nodes.append(Node(name=prefix + name, kind="Identity", config={"name": name},
+                              inputs=[sub.outputs[0]], layer=scope + name))   # removed by a pass
+            continue
+        nodes.append(Node(name=prefix + name, kind=spec["class_name"], config=spec["config"],
+                          inputs=[nodes[-1].name], layer=scope + name))
+    return _Model(nodes, [nodes[0].name], [nodes[-1].name])
 
 
-def _functional(config: dict[str, Any]) -> tuple[list[Node], list[str], list[str]]:
+def _bind(sub: _Model, names: list[str]) -> None:
+    """Connect a nested model's inputs to the caller's tensors (its InputLayer nodes drop out)."""
+    if len(names) != len(sub.inputs):
+        raise ExportError(f"expected {len(sub.inputs)} inputs for a nested model, received {len(names)}")
+    mapping = dict(zip(sub.inputs, names))
+    for n in sub.nodes:
+        n.inputs = [mapping.get(i, i) for i in n.inputs]
+    sub.outputs = [mapping.get(o, o) for o in sub.outputs]
+
+
+def _skips_first_node(spec: dict[str, Any], keras2: bool) -> bool:
+    """Keras 2 numbers a nested Functional's calls from 1 (node 0 is its own Input -> output node)."""
+    if not keras2:
+        return False
+    layers = spec["config"]["layers"] if isinstance(spec["config"], dict) else spec["config"]
+    return bool(layers) and (layers[0]["class_name"] == "InputLayer"
+                             or input_shape(layers[0].get("config", {})) is not None)
+
+
+def _functional(config: dict[str, Any], prefix: str, scope: str) -> _Model:
+    specs = config["layers"]
+    keras2 = any(isinstance(s.get("inbound_nodes"), list) and s["inbound_nodes"]
+                 and isinstance(s["inbound_nodes"][0], list) for s in specs)
+    resolve: dict[Ref, str] = {}
+    pending: list[tuple[list[Node], list[Ref], _Model | None]] = []
     nodes: list[Node] = []
-    for spec in config["layers"]:
+    for spec in specs:
         layer = spec.get("name") or spec["config"]["name"]
         if spec["class_name"] == "InputLayer":
-            nodes.append(_input_node(layer, input_shape(spec["config"])))
+            node = _input_node(prefix + layer, input_shape(spec["config"]), scope + layer)
+            nodes.append(node)
+            resolve[(layer, 0, 0)] = node.name
             continue
         calls = spec.get("inbound_nodes") or []
         if not calls:
             raise ExportError("expected the layer to be called in the model, received no inbound "
-                              "nodes", layer=layer)
+                              "nodes", layer=prefix + layer)
+        offset = 1 if spec["class_name"] in MODEL_CLASSES and _skips_first_node(spec, keras2) else 0
         for k, call in enumerate(calls):
-            nodes.append(Node(name=node_name(layer, k), kind=spec["class_name"],
-                              config=spec["config"], inputs=_call_inputs(call, layer), layer=layer))
-    return nodes, _layer_refs(config["input_layers"]), _layer_refs(config["output_layers"])
+            name = prefix + node_name(layer, k)
+            refs = _call_refs(call, name)
+            if spec["class_name"] in MODEL_CLASSES:
+                sub = _model(spec, name + "/", scope + layer + "/")
+                for t, out in enumerate(sub.outputs):
+                    resolve[(layer, k + offset, t)] = out
+                pending.append(([], refs, sub))
+                continue
+            node = Node(name=name, kind=spec["class_name"], config=spec["config"], inputs=[],
+                        layer=scope + layer)
+            resolve[(layer, k, 0)] = name
+            pending.append(([node], refs, None))
+    for own, refs, sub in pending:
+        names = []
+        for ref in refs:
+            if ref not in resolve:
+                where = own[0].name if own else "a nested model"
+                raise ExportError(f"expected input {list(ref)} to be a tensor of the model, received "
+                                  "an unknown reference", layer=where)
+            names.append(resolve[ref])
+        if sub is None:
+            own[0].inputs = names
+            nodes += own
+        else:
+            _bind(sub, names)
+            nodes += [n for n in sub.nodes if not n.is_input]
+    return _Model(nodes, [resolve[r] for r in _refs(config["input_layers"])],
+                  [resolve[r] for r in _refs(config["output_layers"])])
+
+
+def _model(spec: Any, prefix: str = "", scope: str = "") -> _Model:
+    if isinstance(spec, list):                      # Keras 1/2.0 Sequential: a bare layer list
+        return _sequential(spec, prefix, scope)
+    if not isinstance(spec, dict) or "class_name" not in spec:
+        raise ExportError(f"expected model_config to describe a model, received {type(spec).__name__}")
+    kind, config = spec["class_name"], spec.get("config", {})
+    if kind not in MODEL_CLASSES:
+        raise ExportError(f"expected a Functional or Sequential model, received '{kind}'")
+    if isinstance(config, list):
+        return _sequential(config, prefix, scope)
+    if kind == "Sequential":
+        return _sequential(config.get("layers", []), prefix, scope)
+    return _functional(config, prefix, scope)
 
 
 def topological(nodes: list[Node]) -> list[Node]:
@@ -121,24 +200,7 @@ def topological(nodes: list[Node]) -> list[Node]:
 
 
 def parse_model_config(model_config: Any) -> tuple[list[Node], list[str], list[str]]:
-    """Return (nodes in topological order, input node names, output node names)."""
-    if isinstance(model_config, list):              # Keras 1/2.0 Sequential: a bare layer list
-        nodes, ins, outs = _sequential(model_config)
-    else:
-        if not isinstance(model_config, dict) or "class_name" not in model_config:
-            raise ExportError("expected model_config to describe a model, received "
-                              f"{type(model_config).__name__}")
-        kind, config = model_config["class_name"], model_config.get("config", {})
-        if kind not in MODEL_CLASSES:
-            raise ExportError(f"expected a Functional or Sequential model, received '{kind}'")
-        if isinstance(config, list):
-            nodes, ins, outs = _sequential(config)
-        elif kind == "Sequential":
-            nodes, ins, outs = _sequential(config.get("layers", []))
-        else:
-            nodes, ins, outs = _functional(config)
-    for n in nodes:
-        if n.kind in MODEL_CLASSES:
-            raise ExportError("expected plain layers, received a nested model (not supported yet)",
-                              layer=n.name)
-    return topological(nodes), ins, outs
+    """Return (nodes in topological order, input node names, output node names). Nested models
+    are inlined: their nodes are named ``<call>/<layer>``, their weights ``<model>/<layer>``."""
+    model = _model(model_config)
+    return topological(model.nodes), model.inputs, model.outputs

@@ -15,7 +15,7 @@ from . import layout
 from .activations import ACTIVATION_LAYERS, from_layer
 from .errors import ExportError
 from .graph import Graph, Node
-from .shapes import channel_axis, conv_geometry, four_sides, pair, pool_geometry
+from .shapes import channel_axis, conv_geometry, four_sides, pair, pool_geometry, transpose_geometry
 
 
 @dataclass
@@ -96,6 +96,17 @@ def _pool(kind: str) -> Callable[[Node, Graph], Entry]:
     return emit
 
 
+def _transpose(node: Node, graph: Graph) -> Entry:
+    c = node.config
+    crop, _ = transpose_geometry(node, graph[node.inputs[0]].output_shape)
+    meta = {**_base(node, "conv2d_transpose"), **_tail(node), "kernel": list(pair(c["kernel_size"])),
+            "strides": list(pair(c.get("strides", 1))), "padding": c.get("padding", "valid"),
+            "crop": [int(x) for x in crop]}
+    kernel = node.weights["kernel"]                                   # (kh, kw, out, in)
+    return Entry(meta, {"weights": Tensor(layout.transpose_ohwi(kernel), "OHWI"),
+                        "bias": _bias(node, kernel.shape[2])})
+
+
 def _dense(node: Node, graph: Graph) -> Entry:
     kernel = node.weights["kernel"]                                   # (in, out)
     meta = {**_base(node, "dense"), **_tail(node), "units": int(kernel.shape[1])}
@@ -154,6 +165,7 @@ def _pad_of(key: str, default: Any) -> Callable[[Node, Graph], list[int]]:
 EMITTERS: dict[str, Callable[[Node, Graph], Entry]] = {
     "Conv2D": _conv2d,
     "DepthwiseConv2D": _depthwise,
+    "Conv2DTranspose": _transpose,
     "Dense": _dense,
     "PReLU": _prelu,
     "MaxPooling2D": _pool("max_pool2d"),

@@ -62,3 +62,24 @@ def bn_as_scale_bias(bn: BNParams) -> tuple[np.ndarray, np.ndarray]:
     """A BatchNormalization on its own as float32 per-channel (scale, bias) = (s, t)."""
     s, t = bn.scale_shift()
     return s.astype(np.float32), t.astype(np.float32)
+
+
+def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
+                    input_axis: int = -2) -> tuple[np.ndarray, np.ndarray]:
+    """Fold a BatchNormalization that comes *before* a layer into it (exact only when the layer
+    pads nothing: a zero pad would see the shift t where the original saw zeros).
+
+    ``y = W ∗ (s x + t) + b = (W·s) ∗ x + (b + Σ W·t)``: ``kernel`` scaled along its input axis,
+    ``bias' = bias + Σ_{all axes but the output} W[..., i, o] t[i]`` (output channel last).
+    """
+    channels = kernel.shape[input_axis]
+    if channels != bn.channels:
+        raise ValueError(f"expected {bn.channels} input channels on kernel axis {input_axis}, "
+                         f"received {channels} (kernel shape {kernel.shape})")
+    s, t = bn.scale_shift()
+    shape = [1] * kernel.ndim
+    shape[input_axis] = channels
+    w = kernel.astype(np.float64)
+    shift = (w * t.reshape(shape)).reshape(-1, kernel.shape[-1]).sum(axis=0)
+    b = np.zeros(kernel.shape[-1]) if bias is None else bias.astype(np.float64)
+    return (w * s.reshape(shape)).astype(np.float32), (b + shift).astype(np.float32)

@@ -86,6 +86,12 @@ class Graph:
             other.inputs = [src if i == name else i for i in other.inputs]
         self.outputs = [src if o == name else o for o in self.outputs]
 
+    def insert_before(self, name: str, node: Node) -> None:
+        """Add ``node`` just before ``name`` in the (topological) order."""
+        items = list(self.nodes.items())
+        at = [k for k, _ in items].index(name)
+        self.nodes = dict(items[:at] + [(node.name, node)] + items[at:])
+
     def absorb(self, producer: str, name: str) -> None:
         """Remove ``name`` (whose sole input is ``producer``) and let ``producer`` stand in its
         place: consumers of ``name`` now read ``producer``."""

@@ -35,6 +35,19 @@ def depthwise_hwcm(weights: np.ndarray, multiplier: int) -> np.ndarray:
     return np.ascontiguousarray(weights.reshape(cm // multiplier, multiplier, kh, kw).transpose(2, 3, 0, 1))
 
 
+def transpose_ohwi(kernel: np.ndarray) -> np.ndarray:
+    """Conv2DTranspose: (kh, kw, out, in) -> (out, kh, kw, in), used as-is (no rotation)."""
+    kh, kw, cout, cin = kernel.shape
+    out = np.ascontiguousarray(kernel.transpose(2, 0, 1, 3))
+    assert out.shape == (cout, kh, kw, cin)
+    return out
+
+
+def transpose_hwoi(weights: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`transpose_ohwi`: (out, kh, kw, in) -> (kh, kw, out, in)."""
+    return np.ascontiguousarray(weights.transpose(1, 2, 0, 3))
+
+
 def dense_oi(kernel: np.ndarray) -> np.ndarray:
     """Dense: (in, out) -> (out, in); ``in`` stays in Keras' flatten order (H, W, C), so a Dense
     after Flatten reads [out][H][W][C] as Forge's fully connected layer does."""

@@ -103,6 +103,18 @@ def _keras_layer(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
     return layer(xs[0] if len(xs) == 1 else xs)
 
 
+def _transpose(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+    """The full (valid) transposed convolution, then the manifest's crop."""
+    keras = import_keras()
+    from .layout import transpose_hwoi
+    weights = transpose_hwoi(export.tensor(entry, "weights").astype(np.float32))
+    layer = keras.layers.Conv2DTranspose(weights.shape[2], entry["kernel"], strides=entry["strides"],
+                                         padding="valid")
+    y = layer(xs[0])
+    layer.set_weights([weights, export.tensor(entry, "bias")])
+    return _lambda(_crop)({**entry, "crop": entry["crop"]}, [y], export)
+
+
 def _dense(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
     keras = import_keras()
     weights = to_keras("OI", export.tensor(entry, "weights").astype(np.float32))
@@ -152,6 +164,7 @@ BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Export], Any]] = {
     "conv2d": _conv2d,
     "depthwise_conv2d": _depthwise,
     "dense": _dense,
+    "conv2d_transpose": _transpose,
     "prelu": _prelu,
     "max_pool2d": _max_pool,
     "avg_pool2d": _avg_pool,

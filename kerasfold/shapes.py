@@ -86,6 +86,27 @@ def _depthwise(node: Node, shapes: list[Shape]) -> Shape:
     return (h, w, None if channels is None else channels * int(node.config.get("depth_multiplier", 1)))
 
 
+def transpose_geometry(node: Node, in_shape: Shape) -> Geometry:
+    """Conv2DTranspose: ([crop top, bottom, left, right] of the full output, (H_out, W_out)).
+    The full ("valid") output is ``in·s + max(k − s, 0)``; SAME keeps ``in·s``, cropping
+    ``max(k − s, 0)`` with the odd pixel at the bottom/right (the mirror of SAME padding)."""
+    c = node.config
+    if pair(c.get("dilation_rate", 1)) != (1, 1) or c.get("output_padding") not in (None, [None, None]):
+        raise ExportError("expected Conv2DTranspose without dilation or output_padding, received "
+                          f"dilation {c.get('dilation_rate')}, output_padding {c.get('output_padding')}")
+    crops, out = [], []
+    for size, k, s in zip(in_shape[:2], pair(c["kernel_size"]), pair(c.get("strides", 1))):
+        total = max(k - s, 0) if str(c.get("padding", "valid")).lower() == "same" else 0
+        crops += [total // 2, total - total // 2]
+        out.append(None if size is None else size * s + max(k - s, 0) - total)
+    return crops, (out[0], out[1])
+
+
+def _transpose(node: Node, shapes: list[Shape]) -> Shape:
+    _, (h, w) = transpose_geometry(node, shapes[0])
+    return (h, w, int(node.config["filters"]))
+
+
 def _dense(node: Node, shapes: list[Shape]) -> Shape:
     return (*shapes[0][:-1], int(node.config["units"]))
 
@@ -177,6 +198,8 @@ def _space_to_depth(node: Node, shapes: list[Shape]) -> Shape:
 SHAPES: dict[str, Callable[[Node, list[Shape]], Shape]] = {
     "Conv2D": _conv,
     "DepthwiseConv2D": _depthwise,
+    "SeparableConv2D": _conv,
+    "Conv2DTranspose": _transpose,
     "Dense": _dense,
     "MaxPooling2D": _pool,
     "AveragePooling2D": _pool,

@@ -48,6 +48,23 @@ def _prelu(node: Node, cin: int | None) -> dict[str, tuple]:
     return {"alpha": (None, None, None)}      # (H, W, C) with shared axes of size 1
 
 
+def _separable(node: Node, cin: int | None) -> dict[str, tuple]:
+    c = node.config
+    kh, kw = pair(c["kernel_size"])
+    m = int(c.get("depth_multiplier", 1))
+    filters = int(c["filters"])
+    shapes = {"depthwise_kernel": (kh, kw, cin, m),
+              "pointwise_kernel": (1, 1, None if cin is None else cin * m, filters)}
+    return {**shapes, **({"bias": (filters,)} if c.get("use_bias", True) else {})}
+
+
+def _transpose(node: Node, cin: int | None) -> dict[str, tuple]:
+    c = node.config
+    kh, kw = pair(c["kernel_size"])
+    filters = int(c["filters"])
+    return {"kernel": (kh, kw, filters, cin), **({"bias": (filters,)} if c.get("use_bias", True) else {})}
+
+
 # Layers with weights the exporter knows, with the shapes their config implies.
 WEIGHTED: dict[str, ExpectedShapes] = {
     "Conv2D": _conv2d,
@@ -55,6 +72,8 @@ WEIGHTED: dict[str, ExpectedShapes] = {
     "DepthwiseConv2D": _depthwise,
     "Dense": _dense,
     "PReLU": _prelu,
+    "SeparableConv2D": _separable,
+    "Conv2DTranspose": _transpose,
 }
 
 

@@ -10,7 +10,7 @@ from ..errors import ExportError
 from ..graph import Graph
 
 # Kinds that take a fused activation on the device (the weighted entries).
-FUSES_INTO = ("Conv2D", "DepthwiseConv2D", "Dense")
+FUSES_INTO = ("Conv2D", "DepthwiseConv2D", "Dense", "Conv2DTranspose")
 
 
 def own_activations(graph: Graph) -> None:

@@ -9,7 +9,8 @@ from typing import Callable
 import numpy as np
 
 from ..activations import is_linear
-from ..fold import BNParams, bn_as_scale_bias, fold_bn
+from ..fold import BNParams, bn_as_scale_bias, fold_bn, fold_bn_forward
+from ..shapes import conv_geometry
 from ..graph import Graph, Node
 
 def _last_axis(key: str) -> Callable[[Node, BNParams], dict[str, np.ndarray]]:
@@ -34,6 +35,8 @@ FOLD_TARGETS: dict[str, Callable[[Node, BNParams], dict[str, np.ndarray]]] = {
     "Conv2D": _last_axis("kernel"),
     "Dense": _last_axis("kernel"),
     "DepthwiseConv2D": _depthwise,
+    "Conv2DTranspose": lambda p, bn: dict(zip(("kernel", "bias"), fold_bn(
+        p.weights["kernel"], p.weights.get("bias"), bn, 2))),      # (kh, kw, out, in): out is axis 2
 }
 
 
@@ -85,6 +88,44 @@ def fold_bn_into_producers(graph: Graph) -> None:
         producer.config = {**producer.config, "use_bias": True}
         producer.folded.append(bn.layer)
         graph.absorb(producer.name, bn.name)
+
+
+def _pads_nothing(graph: Graph, node: Node) -> bool:
+    if node.kind == "Dense":
+        return True
+    if node.kind != "Conv2D" or int(node.config.get("groups", 1) or 1) != 1:
+        return False
+    pad, _ = conv_geometry(node, graph[node.inputs[0]].output_shape)
+    return pad == [0, 0, 0, 0]
+
+
+def fold_bn_into_consumers(graph: Graph) -> None:
+    """A BatchNormalization before a layer that pads nothing folds forward into it.
+
+        before:  x -> BatchNormalization -> Conv2D(valid, W, b) -> y
+        after:   x -> Conv2D(W·s on the input axis, b + Σ W·t) -> y
+
+    Guards: the BN feeds only that Conv2D (groups 1) or Dense and is not a model output; the
+    layer's padding is zero on every side; its weights are not shared; the BN normalises channels.
+    """
+    for bn in graph:
+        if bn.kind != "BatchNormalization" or bn.name not in graph.nodes or len(bn.inputs) != 1:
+            continue
+        consumer = graph.sole_consumer(bn.name)
+        if consumer is None or consumer.kind not in ("Conv2D", "Dense") or consumer.folded:
+            continue
+        if any(n.layer == consumer.layer and n is not consumer for n in graph):
+            continue
+        rank = len(bn.output_shape) + 1 if bn.output_shape else 4
+        if not normalises_channels(bn, rank) or not _pads_nothing(graph, consumer):
+            continue
+        axis = 0 if consumer.kind == "Dense" else 2
+        kernel, bias = fold_bn_forward(consumer.weights["kernel"], consumer.weights.get("bias"),
+                                       bn_params(bn), axis)
+        consumer.weights = {**consumer.weights, "kernel": kernel, "bias": bias}
+        consumer.config = {**consumer.config, "use_bias": True}
+        consumer.folded.append(bn.layer)
+        graph.bypass(bn.name)
 
 
 def bn_to_scale_bias(graph: Graph) -> None:

@@ -7,15 +7,14 @@ the same graph in ``tf_keras`` (Keras 2 API) with bit-identical weights.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
-FLAVOURS = ("keras2-h5", "keras3-h5", "keras")
+from . import flavours as formats
+
+FLAVOURS = formats.FLAVOURS
 FILE_NAMES = {
     "keras2-h5": "tiny-yolo-voc.h5",
     "keras3-h5": "tiny-yolo-voc.k3.h5",
@@ -49,25 +48,10 @@ def _architecture(km: Any, input_size: int) -> Any:
     return km.Model(inputs, outputs)
 
 
-def _short(name: str) -> str:
-    """``conv2d_1/kernel:0`` (Keras 2) or ``kernel`` (Keras 3) -> ``kernel``."""
-    return name.split("/")[-1].split(":")[0]
-
-
 def weights_by_layer(model: Any) -> dict[str, list[np.ndarray]]:
     """Layer name -> its weights as numpy arrays (layers without weights omitted)."""
     return {l.name: [np.asarray(w) for w in l.get_weights()]
             for l in model.layers if l.weights}
-
-
-def copy_weights(src: Any, dst: Any) -> None:
-    """Copy weights layer by layer (matched by layer and variable name)."""
-    for layer in src.layers:
-        if not layer.weights:
-            continue
-        by_name = {_short(v.name): np.asarray(v.numpy()) for v in layer.weights}
-        target = dst.get_layer(layer.name)
-        target.set_weights([by_name[_short(v.name)] for v in target.weights])
 
 
 def build(keras_module: Any = None, seed: int = 0, input_size: int = 416) -> Any:
@@ -93,42 +77,14 @@ def build(keras_module: Any = None, seed: int = 0, input_size: int = 416) -> Any
     if keras_module is None or keras_module is keras:
         return model
     other = _architecture(keras_module, input_size)
-    copy_weights(model, other)
+    formats.copy_weights(model, other)
     return other
 
 
-@contextlib.contextmanager
-def _quiet() -> Any:
-    """Mute Python warnings and the absl/tensorflow loggers (legacy-h5 notices)."""
-    loggers = [logging.getLogger(n) for n in ("absl", "tensorflow")]
-    levels = [lg.level for lg in loggers]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for lg in loggers:
-            lg.setLevel(logging.ERROR)
-        try:
-            yield
-        finally:
-            for lg, level in zip(loggers, levels):
-                lg.setLevel(level)
-
-
 def save(model: Any, path: str | Path, flavour: str) -> Path:
-    """Write a Keras 3 ``model`` as ``keras3-h5``, ``keras`` or ``keras2-h5``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with _quiet():
-        if flavour in ("keras3-h5", "keras"):
-            model.save(str(path))
-        elif flavour == "keras2-h5":
-            import tf_keras
-
-            tf_model = _architecture(tf_keras, int(model.inputs[0].shape[1]))
-            copy_weights(model, tf_model)
-            tf_model.save(str(path), save_format="h5")
-        else:
-            raise ValueError(f"unknown flavour {flavour!r}; expected one of {FLAVOURS}")
-    return path
+    """Write a Keras 3 tiny-yolo-voc ``model`` as ``keras3-h5``, ``keras`` or ``keras2-h5``."""
+    size = int(model.inputs[0].shape[1])
+    return formats.save(model, path, flavour, lambda km: _architecture(km, size))
 
 
 def build_and_save(out_dir: str | Path, flavours: Sequence[str] = FLAVOURS,

@@ -1,36 +1,53 @@
-"""Small seeded test networks (Keras 3), with randomised BatchNormalization statistics."""
+"""Small test networks, each an ``architecture(km, **options)`` built with any keras module
+(``keras`` or ``tf_keras``), so that :func:`build` seeds it in Keras 3 and :func:`save` writes it
+in every file flavour through :mod:`models.flavours` (weights bit-identical across flavours).
+
+    model = build(conv_bn_act, use_bias=False)
+    save(model, "m.h5", "keras2-h5", conv_bn_act, use_bias=False)
+"""
 from __future__ import annotations
 
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 
-from .bn_stats import randomize_bn
+from . import flavours
+
+FLAVOURS = flavours.FLAVOURS
+SUFFIXES = flavours.SUFFIXES
+Builder = Callable[..., Any]          # (keras module, **options) -> unseeded model
 
 
-def _seeded(model: Any, seed: int) -> Any:
-    """Random non-zero weights everywhere (biases included), then realistic BN statistics."""
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if layer.weights and layer.__class__.__name__ != "BatchNormalization":
-            layer.set_weights([rng.normal(0, 0.5, w.shape).astype(np.float32) for w in layer.get_weights()])
-    randomize_bn(model, rng)
-    return model
-
-
-def conv_bn_act(*, use_bias: bool = True, kernel: int = 3, channels: int = 8, size: int = 12,
-                conv_activation: str = "linear", branch: bool = False, conv_is_output: bool = False,
-                bn_axis: int = -1, act: str = "leaky", dropout: bool = False, seed: int = 0) -> Any:
-    """input -> Conv2D -> BN -> activation (-> Conv2D 1x1), with switches that break each fold guard:
-    ``branch`` (the conv output also feeds a second layer), ``conv_is_output``, ``conv_activation``."""
+def build(builder: Builder, seed: int = 0, **options: Any) -> Any:
+    """``builder``'s network in Keras 3 with seeded weights and randomised (non-identity) BN stats."""
     import keras
-    L = keras.layers
-    inp = keras.Input((size, size, 3), name="image")
+    return flavours.seed_weights(builder(keras, **options), np.random.default_rng(seed))
+
+
+def save(model: Any, path: str | Path, flavour: str, builder: Builder, **options: Any) -> Path:
+    """Write a model made by :func:`build` (same ``builder`` and ``options``) in ``flavour``."""
+    return flavours.save(model, path, flavour, lambda km: builder(km, **options))
+
+
+def conv_bn_act(km: Any, *, use_bias: bool = True, kernel: int = 3, channels: int = 8, size: int = 12,
+                conv_activation: str = "linear", branch: bool = False, conv_is_output: bool = False,
+                bn_axis: int = -1, act: str = "leaky", dropout: bool = False, scale: bool = True,
+                center: bool = True, epsilon: float = 1e-3) -> Any:
+    """input -> Conv2D -> BN -> activation (-> Dropout) -> Conv2D 1x1 "head", with switches that break
+    each fold guard: ``branch`` (the conv output also feeds a 1x1 "side" conv added to the head),
+    ``conv_is_output``, ``conv_activation``, ``bn_axis``."""
+    L = km.layers
+    inp = km.Input((size, size, 3), name="image")
     conv = L.Conv2D(channels, kernel, padding="same", use_bias=use_bias, activation=conv_activation,
                     name="conv")(inp)
-    x = L.BatchNormalization(axis=bn_axis, name="bn")(conv)
-    x = {"leaky": L.LeakyReLU(0.1, name="act"), "relu6": L.ReLU(max_value=6.0, name="act"),
-         "none": L.Identity(name="act")}[act](x)
+    x = L.BatchNormalization(axis=bn_axis, scale=scale, center=center, epsilon=epsilon, name="bn")(conv)
+    if act == "leaky":
+        x = L.LeakyReLU(0.1, name="act")(x)
+    elif act == "relu6":
+        x = L.ReLU(max_value=6.0, name="act")(x)
+    elif act == "relu_activation":
+        x = L.Activation("relu", name="act")(x)
     if dropout:
         x = L.Dropout(0.5, name="drop")(x)
     x = L.Conv2D(4, 1, name="head")(x)
@@ -39,21 +56,60 @@ def conv_bn_act(*, use_bias: bool = True, kernel: int = 3, channels: int = 8, si
         outputs = [L.Add(name="sum")([x, L.Conv2D(4, 1, name="side")(conv)])]
     if conv_is_output:
         outputs.append(conv)
-    return _seeded(keras.Model(inp, outputs), seed)
+    return km.Model(inp, outputs if len(outputs) > 1 else outputs[0])
 
 
-def with_layer(layer_factory: Any, size: int = 8, seed: int = 0) -> Any:
-    """input -> Conv2D -> <layer> : a model holding one layer of the caller's choice."""
-    import keras
-    inp = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Conv2D(4, 3, padding="same", name="conv")(inp)
-    return _seeded(keras.Model(inp, layer_factory()(x)), seed)
+def shared_conv(km: Any) -> Any:
+    """One Conv2D called twice (shared weights); its first call feeds a BN."""
+    L = km.layers
+    inp = km.Input((8, 8, 4), name="image")
+    conv = L.Conv2D(4, 3, padding="same", name="conv")
+    a = L.BatchNormalization(name="bn")(conv(inp))
+    b = conv(L.ReLU(name="r")(inp))
+    return km.Model(inp, L.Add(name="sum")([a, b]))
 
 
-def sequential(seed: int = 0) -> Any:
-    import keras
-    L = keras.layers
-    model = keras.Sequential([keras.Input((10, 10, 3)), L.Conv2D(6, 3, use_bias=False, name="c1"),
-                              L.BatchNormalization(name="b1"), L.ReLU(name="r1"),
-                              L.MaxPooling2D(2, name="p1"), L.Conv2D(2, 1, name="c2")], name="seq")
-    return _seeded(model, seed)
+# name -> the explicit [top, bottom, left, right] padding TensorFlow uses in :func:`windows`.
+WINDOW_PADS = {"c3_valid": [0, 0, 0, 0], "c1x3": [0, 0, 1, 1], "c3s2_odd": [1, 1, 1, 1],
+               "c2s1": [0, 1, 0, 1], "avg2s1": [0, 1, 0, 1], "max3s2_odd": [1, 1, 1, 1],
+               "c1s2_even": [0, 0, 0, 0], "max2s2_even": [0, 0, 0, 0]}
+
+
+def windows(km: Any) -> Any:
+    """A chain of convolutions and pools whose SAME padding is zero, symmetric or asymmetric:
+    odd and even inputs, odd, even and 1xN kernels, strides 1 and 2 (Forge's offset formula gets
+    the 2x2 stride 1 and the 1x1 stride 2 on an even input wrong). Pads in ``WINDOW_PADS``."""
+    L = km.layers
+    x = inp = km.Input((15, 15, 3), name="image")
+    x = L.Conv2D(4, 3, padding="valid", name="c3_valid")(x)                     # 15 -> 13
+    x = L.Conv2D(4, (1, 3), padding="same", name="c1x3")(x)                     # 13 -> 13
+    x = L.Conv2D(4, 3, strides=2, padding="same", name="c3s2_odd")(x)           # 13 -> 7
+    x = L.Conv2D(4, 2, strides=1, padding="same", name="c2s1")(x)               # 7 -> 7
+    x = L.AveragePooling2D(2, strides=1, padding="same", name="avg2s1")(x)      # 7 -> 7
+    x = L.MaxPooling2D(3, strides=2, padding="same", name="max3s2_odd")(x)      # 7 -> 4
+    x = L.Conv2D(4, 1, strides=2, padding="same", name="c1s2_even")(x)          # 4 -> 2
+    x = L.MaxPooling2D(2, strides=2, padding="same", name="max2s2_even")(x)     # 2 -> 1
+    return km.Model(inp, x)
+
+
+def with_layer(km: Any, *, layer: str, options: dict | None = None, input_shape: tuple = (8, 8, 3)) -> Any:
+    """input -> ``km.layers.<layer>(**options)``: a model holding one layer of the caller's choice
+    (Conv1D, Conv3D, Embedding, ... for the unsupported-layer errors)."""
+    inp = km.Input(input_shape, name="image")
+    return km.Model(inp, getattr(km.layers, layer)(**(options or {}), name="odd")(inp))
+
+
+def named(km: Any, *, names: tuple[str, ...]) -> Any:
+    """A chain of 1x1 Conv2D layers with the given names (unicode, dots, case-only differences)."""
+    x = inp = km.Input((4, 4, 3), name="image")
+    for name in names:
+        x = km.layers.Conv2D(3, 1, name=name)(x)
+    return km.Model(inp, x)
+
+
+def sequential(km: Any) -> Any:
+    """A Sequential model: Conv2D (no bias) -> BN -> ReLU -> MaxPooling2D -> Conv2D 1x1."""
+    L = km.layers
+    return km.Sequential([km.Input((10, 10, 3)), L.Conv2D(6, 3, use_bias=False, name="c1"),
+                          L.BatchNormalization(name="b1"), L.ReLU(name="r1"),
+                          L.MaxPooling2D(2, name="p1"), L.Conv2D(2, 1, name="c2")], name="seq")

@@ -112,7 +112,7 @@ def fold_bn_into_consumers(graph: Graph) -> None:
         if bn.kind != "BatchNormalization" or bn.name not in graph.nodes or len(bn.inputs) != 1:
             continue
         consumer = graph.sole_consumer(bn.name)
-        if consumer is None or consumer.kind not in ("Conv2D", "Dense") or consumer.folded:
+        if consumer is None or consumer.kind not in ("Conv2D", "Dense"):
             continue
         if any(n.layer == consumer.layer and n is not consumer for n in graph):
             continue
@@ -124,7 +124,7 @@ def fold_bn_into_consumers(graph: Graph) -> None:
                                        bn_params(bn), axis)
         consumer.weights = {**consumer.weights, "kernel": kernel, "bias": bias}
         consumer.config = {**consumer.config, "use_bias": True}
-        consumer.folded.append(bn.layer)
+        consumer.folded.insert(0, bn.layer)       # graph order: this BN came before any folded after
         graph.bypass(bn.name)
 
 

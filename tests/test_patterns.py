@@ -1,0 +1,213 @@
+"""Issue 3: every fold pattern and layer kind, checked on values (parity from the written files
+against Keras, in float64) and, where the layout matters, on the written weights themselves."""
+import json
+
+import numpy as np
+import pytest
+
+from kerasfold.export import export
+from kerasfold.verify import verify_export
+from models.small import build
+
+
+def _export(arch, tmp_path, seed=0, ext="keras"):
+    model = build(arch, seed)
+    path = tmp_path / f"m.{ext}"
+    model.save(path)
+    result = export(path, tmp_path / "out")
+    report = verify_export(path, tmp_path / "out")
+    assert report.passed, report.text()
+    assert report.max_rel < 1e-5
+    return model, {e["name"]: e for e in result.manifest["layers"]}, tmp_path / "out"
+
+
+def _read(out, info):
+    return np.fromfile(out / info["file"], "<f4").reshape(info["shape"])
+
+
+def _bn_s_t(model, name):
+    bn = model.get_layer(name)
+    w = {v.path.split("/")[-1]: np.asarray(v, np.float64) for v in bn.weights}
+    g, b = w.get("gamma", 1.0), w.get("beta", 0.0)
+    s = g / np.sqrt(w["moving_variance"] + bn.epsilon)
+    return s, b - w["moving_mean"] * s
+
+
+@pytest.mark.parametrize("multiplier,use_bias", [(1, True), (2, False), (3, True)])
+def test_depthwise_bn(tmp_path, multiplier, use_bias):
+    def arch(k):
+        x = inp = k.Input((9, 9, 4))
+        x = k.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=multiplier, use_bias=use_bias, name="dw")(x)
+        x = k.layers.BatchNormalization(name="bn")(x)
+        return k.Model(inp, k.layers.ReLU(6.0, name="r")(x))
+    model, layers, out = _export(arch, tmp_path)
+    e = layers["dw"]
+    assert e["type"] == "depthwise_conv2d" and e["folded"] == ["bn"] and e["depth_multiplier"] == multiplier
+    assert e["activation"] == {"type": "relu", "max_value": 6.0}
+    kernel = np.asarray(model.get_layer("dw").weights[0], np.float64)     # (kh, kw, C, M)
+    s, _ = _bn_s_t(model, "bn")
+    w = _read(out, e["weights"])
+    for c, m in [(0, 0), (3, multiplier - 1), (2, multiplier // 2)]:
+        o = c * multiplier + m                                             # output channel c·M + m
+        np.testing.assert_array_equal(w[o], (kernel[:, :, c, m] * s[o]).astype(np.float32))
+
+
+def test_separable_bn(tmp_path):
+    def arch(k):
+        x = inp = k.Input((10, 10, 3))
+        x = k.layers.SeparableConv2D(5, 3, strides=2, padding="same", depth_multiplier=2, name="sep")(x)
+        x = k.layers.BatchNormalization(name="bn")(x)
+        return k.Model(inp, k.layers.LeakyReLU(0.2)(x))
+    _, layers, _ = _export(arch, tmp_path)
+    assert [layers[n]["type"] for n in layers] == ["depthwise_conv2d", "conv2d"]
+    assert layers["sep/depthwise"]["folded"] == [] and "bias" in layers["sep/depthwise"]
+    assert layers["sep"]["folded"] == ["bn"] and layers["sep"]["kernel"] == [1, 1]
+    assert layers["sep"]["inputs"] == ["sep/depthwise"] and layers["sep"]["activation"]["alpha"] == 0.2
+    assert layers["sep/depthwise"]["weights"]["file"] == "sep_depthwise_W.bin"
+
+
+@pytest.mark.parametrize("flatten", [False, True])
+def test_dense_bn(tmp_path, flatten):
+    def arch(k):
+        x = inp = k.Input((4, 5, 3))
+        x = k.layers.Flatten()(x) if flatten else k.layers.GlobalAveragePooling2D()(x)
+        x = k.layers.Dense(7, name="fc")(x)
+        x = k.layers.BatchNormalization(name="bn")(x)
+        return k.Model(inp, k.layers.Dense(3, activation="softmax", name="cls")(x))
+    model, layers, out = _export(arch, tmp_path)
+    assert layers["fc"]["folded"] == ["bn"] and layers["cls"]["activation"] == {"type": "softmax"}
+    kernel = np.asarray(model.get_layer("fc").weights[0], np.float64)     # (in, out); in in H, W, C order
+    s, _ = _bn_s_t(model, "bn")
+    w = _read(out, layers["fc"]["weights"])
+    assert layers["fc"]["weights"]["layout"] == "OI" and w.shape == (7, kernel.shape[0])
+    np.testing.assert_array_equal(w, (kernel * s).T.astype(np.float32))
+
+
+@pytest.mark.parametrize("channels,strides,padding,kernel", [
+    (1, 1, "same", 3), (3, 2, "same", 3), (5, 2, "valid", 3), (4, 2, "same", 4), (2, 3, "same", 2)])
+def test_conv_transpose_bn(tmp_path, channels, strides, padding, kernel):
+    def arch(k):
+        x = inp = k.Input((5, 6, 3))
+        x = k.layers.Conv2DTranspose(channels, kernel, strides=strides, padding=padding, name="up")(x)
+        return k.Model(inp, k.layers.BatchNormalization(name="bn")(x))
+    model, layers, out = _export(arch, tmp_path)
+    e = layers["up"]
+    assert e["type"] == "conv2d_transpose" and e["folded"] == ["bn"]
+    k3 = np.asarray(model.get_layer("up").weights[0], np.float64)         # (kh, kw, out, in)
+    s, _ = _bn_s_t(model, "bn")
+    w = _read(out, e["weights"])                                           # (out, kh, kw, in)
+    for o in range(channels):                                              # output channel is axis 2
+        np.testing.assert_array_equal(w[o], (k3[:, :, o, :] * s[o]).astype(np.float32))
+
+
+@pytest.mark.parametrize("groups,dilation,strides", [(2, 1, 1), (3, 1, 2), (1, 2, 1), (2, 2, 1)])
+def test_grouped_and_dilated_conv_bn(tmp_path, groups, dilation, strides):
+    def arch(k):
+        x = inp = k.Input((11, 11, 6))
+        x = k.layers.Conv2D(6, 3, padding="same", groups=groups, dilation_rate=dilation, strides=strides,
+                            name="conv")(x)
+        return k.Model(inp, k.layers.BatchNormalization(name="bn")(x))
+    _, layers, _ = _export(arch, tmp_path)
+    assert layers["conv"]["groups"] == groups and layers["conv"]["dilation"] == [dilation] * 2
+    assert layers["conv"]["weights"]["shape"] == [6, 3, 3, 6 // groups] and layers["conv"]["folded"] == ["bn"]
+
+
+def test_bn_before_valid_conv_folds_forward(tmp_path):
+    def arch(k):
+        x = inp = k.Input((8, 8, 4))
+        x = k.layers.BatchNormalization(name="pre")(x)
+        x = k.layers.Conv2D(5, 3, padding="valid", name="valid")(x)        # pads nothing: exact
+        x = k.layers.BatchNormalization(name="post")(x)                    # and one after it
+        x = k.layers.ReLU(name="relu")(x)
+        x = k.layers.BatchNormalization(name="pre2")(x)
+        x = k.layers.Conv2D(3, 3, padding="same", name="same")(x)          # pads: not exact
+        return k.Model(inp, x)
+    _, layers, _ = _export(arch, tmp_path)
+    assert layers["valid"]["folded"] == ["pre", "post"] and layers["valid"]["activation"] == {"type": "relu"}
+    assert layers["pre2"]["type"] == "depthwise_conv2d" and layers["pre2"]["folded"] == ["pre2"]
+    assert layers["same"]["folded"] == [] and "pre" not in layers
+
+
+@pytest.mark.parametrize("scale,center", [(False, True), (True, False), (False, False)])
+def test_bn_without_gamma_or_beta(tmp_path, scale, center):
+    def arch(k):
+        x = inp = k.Input((6, 6, 3))
+        x = k.layers.Conv2D(4, 3, padding="same", use_bias=False, name="conv")(x)
+        x = k.layers.BatchNormalization(scale=scale, center=center, name="bn")(x)
+        return k.Model(inp, k.layers.Activation("relu")(x))
+    _, layers, _ = _export(arch, tmp_path)
+    assert layers["conv"]["folded"] == ["bn"] and layers["conv"]["activation"] == {"type": "relu"}
+
+
+def test_parameterless_layers(tmp_path):
+    def arch(k):
+        L = k.layers
+        a = inp = k.Input((9, 9, 3))
+        a = L.Rescaling(1 / 127.5, offset=-1)(a)
+        a = L.Conv2D(4, 3, padding="same", name="c1")(a)
+        b = L.ZeroPadding2D(((1, 0), (2, 1)))(a)
+        b = L.Cropping2D(((1, 0), (2, 1)))(b)
+        b = L.AveragePooling2D(3, strides=2, padding="same")(b)            # odd input, real-pixel count
+        b = L.UpSampling2D(2)(b)
+        b = L.Cropping2D(((0, 1), (0, 1)))(b)
+        c = L.ReLU(max_value=2.0, negative_slope=0.1, threshold=0.5)(a)
+        d = L.ELU(alpha=0.7)(a)
+        e = L.PReLU(shared_axes=[1, 2], name="prelu")(a)
+        x = L.Add()([b, c])
+        x = L.Subtract()([x, d])
+        x = L.Multiply()([x, e])
+        x = L.Concatenate()([x, a])
+        x = L.Conv2D(6, 1, name="c2")(x)
+        x = L.MaxPooling2D(2, strides=1, padding="same")(x)
+        gap = L.GlobalAveragePooling2D()(x)
+        gmp = L.GlobalMaxPooling2D(keepdims=True)(x)
+        flat = L.Dense(5, name="fc")(L.Flatten()(gmp))
+        r = L.Reshape((5, 1))(flat)
+        return k.Model(inp, [L.Softmax()(gap), L.Dropout(0.3)(r)])
+    _, layers, _ = _export(arch, tmp_path)
+    types = {e["type"] for e in layers.values()}
+    assert {"rescaling", "zero_padding2d", "cropping2d", "avg_pool2d", "upsampling2d", "add", "subtract",
+            "multiply", "concatenate", "prelu", "global_avg_pool2d", "global_max_pool2d", "flatten",
+            "reshape", "softmax", "dense", "max_pool2d", "activation"} <= types
+    assert not any(e["keras_class"] == "Dropout" for e in layers.values())
+
+
+def test_shared_layer_and_several_inputs_outputs(tmp_path):
+    def arch(k):
+        a, b = k.Input((6, 6, 3), name="left"), k.Input((6, 6, 3), name="right")
+        shared = k.layers.Conv2D(4, 3, padding="same", name="shared")
+        bn = k.layers.BatchNormalization(name="bn")
+        x = bn(shared(a))
+        y = shared(b)
+        return k.Model([a, b], [x, k.layers.Add()([x, y])])
+    _, layers, out = _export(arch, tmp_path)
+    assert "shared" in layers and "shared@1" in layers
+    assert layers["shared"]["folded"] == []                     # shared weights: never folded
+    m = json.loads((out / "manifest.json").read_text())
+    assert [i["name"] for i in m["inputs"]] == ["left", "right"] and len(m["outputs"]) == 2
+
+
+def test_unknown_parameterless_layer_is_an_entry_with_a_warning(tmp_path):
+    from kerasfold.emit import UnknownLayerWarning
+
+    def arch(k):
+        x = inp = k.Input((4, 4, 3))
+        x = k.layers.Conv2D(3, 1, name="c")(x)
+        return k.Model(inp, k.layers.Permute((2, 1, 3), name="perm")(x))
+    with pytest.warns(UnknownLayerWarning, match="'perm'.*Permute"):
+        _, layers, _ = _export(arch, tmp_path)
+    assert layers["perm"]["type"] == "keras_layer" and layers["perm"]["class_name"] == "Permute"
+    assert layers["perm"]["config"]["dims"] == [2, 1, 3]
+
+
+def test_unsupported_weighted_layer_lists_the_supported(tmp_path):
+    from kerasfold.errors import ExportError
+
+    def arch(k):
+        x = inp = k.Input((8, 3))
+        return k.Model(inp, k.layers.Conv1D(2, 3, name="c1d")(x))
+    model = build(arch)
+    model.save(tmp_path / "m.keras")
+    with pytest.raises(ExportError, match=r"layer 'c1d'.*BatchNormalization, Conv2D, Conv2DTranspose, Dense, "
+                                          r"DepthwiseConv2D, PReLU, SeparableConv2D.*Conv1D"):
+        export(tmp_path / "m.keras", tmp_path / "out")

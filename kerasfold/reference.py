@@ -286,9 +286,8 @@ def _pool(entry: dict[str, Any], x: np.ndarray, ctx: Context, fill: float) -> tu
 
 
 def _max_pool2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-
     """Maximum over the real pixels of each window (padded positions are -inf)."""
-    _, _, taps = _pool(entry, xs[0], ctx, 0.0)
+    _, _, taps = _pool(entry, xs[0], ctx, -np.inf)
     out = None
     for r, c, xp in taps:
         out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)

@@ -68,7 +68,10 @@ def staged_directory(out: Path) -> Iterator[Path]:
     any error it is removed and ``out`` is left exactly as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.kerasfold-", dir=out.parent))
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.chmod(stage, 0o777 & ~umask)         # mkdtemp's 0o700 would become OUT's mode
         yield stage
         for f in stage.iterdir():
             with f.open("rb") as handle:

@@ -46,8 +46,11 @@ def _pad(node: Node, pad: list) -> list[int]:
 
 
 def _base(node: Node, kind: str) -> dict[str, Any]:
-    return {"name": node.name, "type": kind, "keras_class": node.kind, "inputs": list(node.inputs),
+    meta = {"name": node.name, "type": kind, "keras_class": node.kind, "inputs": list(node.inputs),
             "folded": list(node.folded)}
+    if node.constants:          # x + 3.0: the scalar operands, by argument position
+        meta["constants"] = [{"position": p, "value": v} for p, v in node.constants]
+    return meta
 
 
 def _tail(node: Node) -> dict[str, Any]:
@@ -179,6 +182,8 @@ EMITTERS: dict[str, Callable[[Node, Graph], Entry]] = {
     "Add": _params("add"),
     "Subtract": _params("subtract"),
     "Multiply": _params("multiply"),
+    "Divide": _params("divide"),
+    "TrueDivide": _params("divide"),
     "Concatenate": _params("concatenate", axis=lambda n, g: channel_axis(n, _rank(n, g))),
     "Flatten": _params("flatten"),
     "Reshape": _params("reshape", target_shape=lambda n, g: list(n.output_shape or n.config["target_shape"])),

@@ -27,6 +27,7 @@ class Node:
     folded: list[str] = field(default_factory=list)   # BatchNormalization layers folded in
     activation: dict[str, Any] = field(default_factory=lambda: dict(LINEAR))
     output_shape: Shape | None = None
+    constants: list[tuple[int, float]] = field(default_factory=list)   # (argument position, scalar)
 
     def __post_init__(self) -> None:
         self.layer = self.layer or self.name

@@ -46,11 +46,14 @@ def with_dtype(model: Any, dtype: str) -> Any:
         return model
 
     def clone(layer: Any) -> Any:
-        return layer.__class__.from_config({**layer.get_config(), "dtype": dtype})
+        config = layer.get_config()
+        if "dtype" in config:                  # ops recorded as nodes (x + y) carry no dtype
+            config["dtype"] = dtype
+        return layer.__class__.from_config(config)
 
     inputs = keras.tree.map_structure(lambda t: keras.Input(shape=t.shape[1:], dtype=dtype), model.input)
     copy = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    for src, dst in zip(model.layers, copy.layers):
+    for src in model.layers:                   # by name: the clone may order its layers differently
         if src.weights:
-            dst.set_weights([w.astype(dtype) for w in src.get_weights()])
+            copy.get_layer(src.name).set_weights([w.astype(dtype) for w in src.get_weights()])
     return copy

@@ -3,9 +3,11 @@ reproduces an explicit ``pad`` (numpy-free, pure integers).
 
 The rule (per spatial axis), from Apple's Metal Performance Shaders headers:
 
-- ``MPSCNNKernel.offset`` is "the position of the destination clip rectangle origin relative to
-  the source image" (MPSCNNKernel.h); output pixel ``i`` is computed from source position
-  ``i * strideInPixels + offset``.
+- ``MPSCNNKernel.offset``: "the position of the destination image's clip rectangle origin,
+  relative to the source image"; "the top left corner of the region consumed (ignoring
+  adjustments for filter size) is given by the offset", the region's size following from the
+  clip rectangle and the stride (MPSCNNKernel.h / developer.apple.com MPSCNNKernel). So output
+  pixel ``i`` is centred on source position ``i * strideInPixels + offset``.
 - ``MPSCNNConvolutionDescriptor.kernelWidth``: "The position of the left edge of the filter
   window is given by ``offset.x - (kernelWidth>>1)``" (MPSCNNConvolution.h); even kernels
   included.
@@ -27,15 +29,16 @@ Cross-checks:
   ``correction = filterWindowSize / 2; ... leftExtraPixels = (extraSize + centeringPolicy) / 2;
   return correction - leftExtraPixels`` -- the same formula with ``leftExtraPixels`` =
   ``pad_before`` (TensorFlow's SAME: centeringPolicy 0, the odd pixel bottom/right).
-- Forge (hollance/Forge, ``Forge/Shaders.metal``): its own conv3x3 reads
+- Forge (github.com/hollance/Forge, ``Forge/Forge/Shaders.metal``): its own conv3x3 reads
   ``gid * stride + inputOffset`` -1..+1, i.e. the same window rule. Its offsets
-  (``Forge/Layers.swift``) differ from this formula in two cases:
+  (``Forge/Forge/Layers.swift``) differ from this formula in two cases:
   ``offsetForConvolution`` returns ``(k - padTotal) / 2`` with
-  ``padTotal = (out-1)*stride + k - in`` not clamped at 0, which is wrong for even kernels at
-  stride 1 (2x2: 0 instead of 1; 4x4: 0 instead of 1) and for 1x1 stride 2 on even inputs
-  (padTotal = -1 gives 1 instead of 0); ``offsetForPooling`` agrees for tiny-yolo's pools
+  ``padTotal = (out-1)*stride + k - in`` not clamped at 0, which is one too small for an even
+  kernel with an odd ``padTotal`` (every even kernel at stride 1: 2x2 and 4x4 give 0 instead of
+  1; 2x2 stride 2 on odd inputs) and wrong whenever ``padTotal`` is negative (1x1 stride 2 on
+  even inputs: 1 instead of 0); ``offsetForPooling`` agrees for tiny-yolo's pools
   (2x2 stride 2 on even sizes, 2x2 stride 1), as does Forge's default pooling offset ``k/2``
-  for unpadded pools.
+  (``Forge/Forge/LayerHelpers.swift``) for unpadded pools.
 
 Pooling on the device: max pooling with ``MPSImageEdgeModeClamp`` equals "padded positions take
 no part" (a clamped read repeats an edge pixel the window already holds); average pooling with

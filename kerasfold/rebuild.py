@@ -173,9 +173,10 @@ BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Export], Any]] = {
     "zero_padding2d": lambda e, xs, ex: _pad(xs[0], e["pad"]),
     "cropping2d": _lambda(_crop),
     "upsampling2d": _lambda(_upsampling),
-    "add": _lambda(lambda ops, e, *ts: sum(ts[1:], ts[0])),
-    "subtract": _lambda(lambda ops, e, a, b: a - b),
-    "multiply": _lambda(lambda ops, e, *ts: _product(ts)),
+    "add": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a + b)),
+    "subtract": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a - b)),
+    "multiply": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a * b)),
+    "divide": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a / b)),
     "concatenate": _lambda(lambda ops, e, *ts: ops.concatenate(ts, axis=e["axis"] + 1)),
     "global_avg_pool2d": _lambda(lambda ops, e, x: ops.mean(x, axis=(1, 2), keepdims=e["keepdims"])),
     "global_max_pool2d": _lambda(lambda ops, e, x: ops.max(x, axis=(1, 2), keepdims=e["keepdims"])),
@@ -187,10 +188,19 @@ BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Export], Any]] = {
 }
 
 
-def _product(ts: Any) -> Any:
-    out = ts[0]
-    for t in ts[1:]:
-        out = out * t
+def operands(entry: dict[str, Any], tensors: list[Any]) -> list[Any]:
+    """The entry's inputs with its scalar ``constants`` put back at their argument positions."""
+    out = list(tensors)
+    for c in entry.get("constants", []):
+        out.insert(c["position"], c["value"])
+    return out
+
+
+def _reduce(entry: dict[str, Any], tensors: Any, op: Callable[[Any, Any], Any]) -> Any:
+    args = operands(entry, list(tensors))
+    out = args[0]
+    for a in args[1:]:
+        out = op(out, a)
     return out
 
 

@@ -15,6 +15,7 @@ the entry's ``offset`` when the manifest gives one, else the offset derived from
 (:func:`kerasfold.mps.offset_for`, what a loader would set); pixels outside the image read zero
 for convolutions and take no part in pooling, and the output size is the entry's
 ``output_shape`` (the destination image). With the right offsets both modes agree exactly.
+(Transposed convolutions keep their ``crop`` in both modes.)
 
 One small function per entry ``type`` in :data:`OPS`, one per activation in :data:`ACTIVATIONS`;
 sliding windows loop over kernel taps only, never over pixels.
@@ -257,6 +258,27 @@ def _conv2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.nda
     return _with_bias(y.reshape(n, oh, ow, cout), entry, ctx)
 
 
+def _conv2d_transpose(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Weights OHWI (out, kh, kw, in), used as-is: input pixel (i, j) adds x·W[:, a, b, :] to output
+    (i·s + a, j·s + b), one matmul per kernel tap; the full output is ``in·s + max(k − s, 0)``
+    (TensorFlow's 'valid' size), then the entry's ``crop`` [top, bottom, left, right]. Windows
+    are given by ``crop``, not by an MPS offset, in both padding modes."""
+    x, w = xs[0], ctx.weights(entry)
+    cout, kh, kw, cin = w.shape
+    _channels(entry, x, cin)
+    sh, sw = (int(v) for v in entry.get("strides", [1, 1]))
+    n, h, wd, _ = x.shape
+    full = (h * sh + max(kh - sh, 0), wd * sw + max(kw - sw, 0))
+    y = np.zeros((n, *full, cout), x.dtype)
+    flat = x.reshape(-1, cin)
+    for a in range(kh):
+        for b in range(kw):
+            y[:, a:a + (h - 1) * sh + 1:sh, b:b + (wd - 1) * sw + 1:sw, :] += \
+                (flat @ w[:, a, b, :].T).reshape(n, h, wd, cout)
+    top, bottom, left, right = (int(v) for v in entry.get("crop", [0, 0, 0, 0]))
+    return _with_bias(y[:, top:full[0] - bottom, left:full[1] - right, :], entry, ctx)
+
+
 def _depthwise_conv2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     """Weights OHW (C·M, kh, kw); output channel c·M + m reads input channel c."""
     x, w = xs[0], ctx.weights(entry)
@@ -310,31 +332,22 @@ def _dense(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndar
     return _with_bias(xs[0] @ w.T, entry, ctx)
 
 
-def _same_shapes(entry: dict[str, Any], xs: list[np.ndarray]) -> None:
-    if any(x.shape != xs[0].shape for x in xs):
-        raise ExportError(f"expected inputs of one shape, received {[x.shape[1:] for x in xs]}",
-                          layer=entry["name"])
-
-
-def _add(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    _same_shapes(entry, xs)
-    out = xs[0].copy()
-    for x in xs[1:]:
-        out += x
-    return out
-
-
-def _subtract(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    _same_shapes(entry, xs)
-    return xs[0] - xs[1]
-
-
-def _multiply(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    _same_shapes(entry, xs)
-    out = xs[0].copy()
-    for x in xs[1:]:
-        out *= x
-    return out
+def _elementwise(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Op:
+    """Add/subtract/multiply/divide over the inputs, with numpy broadcasting (a squeeze-excite
+    (1, 1, C) scale) and the entry's scalar ``constants`` at their argument positions."""
+    def apply(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+        args: list[Any] = list(xs)
+        for c in entry.get("constants", []):
+            args.insert(c["position"], xs[0].dtype.type(c["value"]))
+        try:
+            out = args[0]
+            for a in args[1:]:
+                out = op(out, a)
+        except ValueError as err:
+            raise ExportError(f"expected inputs that broadcast, received {[x.shape[1:] for x in xs]}",
+                              layer=entry["name"]) from err
+        return np.asarray(out, dtype=xs[0].dtype)
+    return apply
 
 
 def _concatenate(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
@@ -398,13 +411,15 @@ def _prelu(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndar
 OPS: dict[str, Op] = {
     "conv2d": _conv2d,
     "depthwise_conv2d": _depthwise_conv2d,
+    "conv2d_transpose": _conv2d_transpose,
     "max_pool2d": _max_pool2d,
     "avg_pool2d": _avg_pool2d,
     "activation": lambda entry, xs, ctx: xs[0],        # the entry's activation does the work
     "dense": _dense,
-    "add": _add,
-    "subtract": _subtract,
-    "multiply": _multiply,
+    "add": _elementwise(np.add),
+    "subtract": _elementwise(np.subtract),
+    "multiply": _elementwise(np.multiply),
+    "divide": _elementwise(np.divide),
     "concatenate": _concatenate,
     "space_to_depth": _space_to_depth,
     "global_avg_pool2d": _global_pool(np.mean),

@@ -140,9 +140,15 @@ def _upsampling(node: Node, shapes: list[Shape]) -> Shape:
 
 
 def _elementwise(node: Node, shapes: list[Shape]) -> Shape:
-    if any(s != shapes[0] for s in shapes):
-        raise ExportError(f"expected inputs of one shape, received {shapes}")
-    return shapes[0]
+    """Add/Subtract/Multiply with numpy broadcasting (a squeeze-excite (1, 1, C) scale, say)."""
+    rank = max(len(s) for s in shapes)
+    out = []
+    for dims in zip(*[(1,) * (rank - len(s)) + tuple(s) for s in shapes]):
+        sizes = {d for d in dims if d != 1}
+        if len(sizes) > 1:
+            raise ExportError(f"expected inputs that broadcast to one shape, received {shapes}")
+        out.append(sizes.pop() if sizes else 1)
+    return tuple(out)
 
 
 def channel_axis(node: Node, rank: int) -> int:
@@ -209,6 +215,8 @@ SHAPES: dict[str, Callable[[Node, list[Shape]], Shape]] = {
     "Add": _elementwise,
     "Subtract": _elementwise,
     "Multiply": _elementwise,
+    "Divide": _elementwise,
+    "TrueDivide": _elementwise,
     "Concatenate": _concatenate,
     "GlobalAveragePooling2D": _global_pool,
     "GlobalMaxPooling2D": _global_pool,

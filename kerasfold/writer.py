@@ -68,17 +68,37 @@ def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> di
     }
 
 
+def _export_files(out: Path) -> set[str] | None:
+    """The file names of the kerasfold export in ``out`` (manifest included), or None when its
+    manifest.json is missing or not kerasfold's."""
+    try:
+        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        return None
+    names = {MANIFEST}
+    for layer in manifest.get("layers", []):
+        names.update(v["file"] for v in layer.values() if isinstance(v, dict) and "file" in v)
+    return names
+
+
 def check_out_dir(out: Path) -> None:
-    """Refuse to replace anything that is not a previous export (or an empty directory)."""
+    """Refuse to replace anything but an empty directory or exactly a previous export: a foreign
+    manifest.json, or a user's file put inside an old export, would be deleted with it."""
     if not out.exists():
         return
     if not out.is_dir():
         raise ExportError("expected OUT to be a directory, received a file", file=str(out))
-    entries = list(out.iterdir())
-    if entries and not (out / MANIFEST).is_file():
+    present = {p.name for p in out.iterdir()}
+    if not present:
+        return
+    known = _export_files(out)
+    others = sorted(present - known) if known is not None else sorted(present)
+    if others:
+        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise ExportError("expected OUT to be empty or a previous kerasfold export, received a "
-                          f"directory with {len(entries)} other entries; refusing to replace it",
-                          file=str(out))
+                          f"directory also holding {shown}; refusing to replace it", file=str(out))
 
 
 def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
@@ -87,6 +107,8 @@ def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = 
     stems = file_stems(entries, forge_names)
     layers = []
     try:
+        if out.is_symlink():                  # replace the link's target; the link stays a link
+            out = out.resolve()
         check_out_dir(out)
         with staged_directory(out) as stage:
             for e in entries:

@@ -1,150 +1,193 @@
-"""Bad input: exit 2, one line on stderr naming the file (and layer), no traceback, OUT untouched."""
-import json
+"""Bad input: exit code 2, exactly one line on stderr naming the file (and the layer where there is
+one), no traceback, nothing on stdout, and OUT (holding a previous export) left byte for byte."""
+import io
 import shutil
-import subprocess
-import sys
+import zipfile
+from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from models import small
+
+from conftest import run_module, snapshot
 
 
-def _run(model, out):
-    return subprocess.run([sys.executable, "-m", "kerasfold.yolo2metal", str(model), str(out)],
-                          cwd=ROOT, capture_output=True, text=True)
-
-
-@pytest.fixture
-def previous(tiny_yolo_export, tmp_path):
-    """An OUT holding a previous export, and a snapshot of its bytes."""
-    out = tmp_path / "out"
-    shutil.copytree(tiny_yolo_export, out)
-    return out, {p.name: p.read_bytes() for p in out.iterdir()}
-
-
-def _check(proc, previous, *needles):
+def _check(model, previous, *needles, layer=None):
     out, before = previous
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
+    proc = run_module("kerasfold.yolo2metal", model, out)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    line = lines[0]
+    assert line.startswith("kerasfold: error: ") and str(model) in line, line
+    if layer is not None:
+        assert f"layer '{layer}'" in line, line
     for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert not [p for p in out.parent.iterdir() if p.name.startswith(".out.")]   # no staging left
-    return lines[0]
+        assert needle in line, line
+    assert snapshot(out) == before
+    assert sorted(p.name for p in out.parent.iterdir() if p.name.startswith(".")) == []   # no staging left
+    return line
 
 
-def _h5_copy(src, dst, edit):
+def _edit_h5(src, dst, edit):
     shutil.copy(src, dst)
     with h5py.File(dst, "r+") as f:
         edit(f)
     return dst
 
 
+def _edit_keras(src, dst, edit):
+    """Copy a .keras archive, editing its model.weights.h5 with h5py."""
+    with zipfile.ZipFile(src) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    buffer = io.BytesIO(members["model.weights.h5"])
+    with h5py.File(buffer, "r+") as f:
+        edit(f)
+    members["model.weights.h5"] = buffer.getvalue()
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in members.items():
+            z.writestr(name, data)
+    return dst
+
+
+def _replace(f, path, value_or_array):
+    """Replace dataset ``path`` by an array (another shape allowed) or set one of its values."""
+    if isinstance(value_or_array, np.ndarray):
+        del f[path]
+        f[path] = value_or_array
+    else:
+        arr = f[path][()]
+        arr.flat[min(3, arr.size - 1)] = value_or_array
+        f[path][...] = arr
+
+
 def test_missing_file(tmp_path, previous):
-    _check(_run(tmp_path / "nope.h5", previous[0]), previous, "nope.h5", "does not exist")
+    _check(tmp_path / "nope.h5", previous, "does not exist")
 
 
-def test_not_hdf5_or_zip(tmp_path, previous):
+def test_directory_instead_of_a_file(tmp_path, previous):
+    (tmp_path / "model.h5").mkdir()
+    _check(tmp_path / "model.h5", previous, "directory")
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a model\n", b"\x89HDF"])
+def test_not_hdf5_or_zip(tmp_path, previous, content):
     bad = tmp_path / "notes.h5"
-    bad.write_text("hello")
-    _check(_run(bad, previous[0]), previous, "notes.h5", "HDF5", "zip")
+    bad.write_bytes(content)
+    _check(bad, previous, "HDF5", "zip")
 
 
-@pytest.mark.parametrize("flavour", ["keras2-h5", "keras"])
+@pytest.mark.parametrize("flavour", ["keras2-h5", "keras3-h5", "keras"])
 def test_truncated(tiny_yolo, tmp_path, previous, flavour):
     data = tiny_yolo[flavour].read_bytes()
     bad = tmp_path / ("cut" + tiny_yolo[flavour].suffix)
     bad.write_bytes(data[: len(data) // 2])
-    _check(_run(bad, previous[0]), previous, bad.name, "truncated")
+    _check(bad, previous, "truncated")
 
 
-def test_weights_only(tmp_path, previous):
-    from models.small import sequential
-    path = tmp_path / "only.weights.h5"
-    sequential().save_weights(path)
-    _check(_run(path, previous[0]), previous, "only.weights.h5", "weights-only")
+def test_zip_that_is_not_a_keras_archive(tmp_path, previous):
+    bad = tmp_path / "photos.keras"
+    with zipfile.ZipFile(bad, "w") as z:
+        z.writestr("a.txt", "x")
+    _check(bad, previous, "config.json")
 
 
-def test_unknown_weighted_layer(tmp_path, previous):
-    import keras
-    from models.small import with_layer
-    path = tmp_path / "conv3d.keras"
-    inp = keras.Input((6, 6, 3, 2))
-    keras.Model(inp, keras.layers.Conv3D(2, 3, name="vol")(inp)).save(path)
-    line = _check(_run(path, previous[0]), previous, "conv3d.keras", "layer 'vol'", "Conv3D", "Conv2D")
+def test_hdf5_that_is_not_a_model(tmp_path, previous):
+    bad = tmp_path / "data.h5"
+    with h5py.File(bad, "w") as f:
+        f["x"] = np.zeros(3)
+    _check(bad, previous, "model_config")
+
+
+@pytest.mark.parametrize("how", ["keras3", "tf_keras"])
+def test_weights_only(small_model, tmp_path, previous, how):
+    model, _ = small_model(small.conv_bn_act)
+    if how == "keras3":
+        path = tmp_path / "only.weights.h5"
+        model.save_weights(path)
+    else:
+        import tf_keras
+
+        from models.flavours import copy_weights
+        other = small.conv_bn_act(tf_keras)
+        copy_weights(model, other)
+        path = tmp_path / "only.h5"
+        other.save_weights(str(path))
+    _check(path, previous, "weights-only")
+
+
+@pytest.mark.parametrize("layer,options,input_shape,flavour", [
+    ("Conv1D", {"filters": 2, "kernel_size": 3}, (8, 3), "keras2-h5"),
+    ("Conv1D", {"filters": 2, "kernel_size": 3}, (8, 3), "keras3-h5"),
+    ("Conv1D", {"filters": 2, "kernel_size": 3}, (8, 3), "keras"),
+    ("Conv3D", {"filters": 2, "kernel_size": 3}, (6, 6, 6, 3), "keras"),
+    ("Embedding", {"input_dim": 5, "output_dim": 2}, (4,), "keras3-h5"),
+])
+def test_layer_with_unknown_weights(small_model, previous, layer, options, input_shape, flavour):
+    _, path = small_model(small.with_layer, flavour, layer=layer, options=options, input_shape=input_shape)
+    line = _check(path, previous, layer, "Conv2D", "BatchNormalization", layer="odd")
     assert "supports" in line
 
 
-def test_kernel_shape_disagrees(tiny_yolo, tmp_path, previous):
-    def edit(f):
-        g = f["model_weights/conv2d_3/conv2d_3"]
-        del g["kernel:0"]
-        g["kernel:0"] = np.zeros((3, 3, 32, 60), np.float32)
-    bad = _h5_copy(tiny_yolo["keras2-h5"], tmp_path / "shape.h5", edit)
-    _check(_run(bad, previous[0]), previous, "shape.h5", "layer 'conv2d_3'", "(3, 3, 32, 64)", "(3, 3, 32, 60)")
+def test_kernel_shape_disagrees_h5(tiny_yolo, tmp_path, previous):
+    bad = _edit_h5(tiny_yolo["keras2-h5"], tmp_path / "shape.h5",
+                   lambda f: _replace(f, "model_weights/conv2d_3/conv2d_3/kernel:0", np.zeros((3, 3, 32, 60), np.float32)))
+    _check(bad, previous, "(3, 3, 32, 64)", "(3, 3, 32, 60)", layer="conv2d_3")
+
+
+def test_kernel_shape_disagrees_keras(small_model, tmp_path, previous):
+    _, path = small_model(small.conv_bn_act)
+    bad = _edit_keras(path, tmp_path / "shape.keras",
+                      lambda f: _replace(f, "layers/conv2d/vars/0", np.zeros((3, 3, 3, 7), np.float32)))
+    _check(bad, previous, "(3, 3, 3, 8)", "(3, 3, 3, 7)", layer="conv")
 
 
 @pytest.mark.parametrize("dataset,value,needle", [
     ("conv2d_2/conv2d_2/kernel:0", np.nan, "NaN/Inf"),
     ("conv2d_2/conv2d_2/kernel:0", np.inf, "NaN/Inf"),
+    ("conv2d_9/conv2d_9/bias:0", -np.inf, "NaN/Inf"),
     ("batch_normalization_4/batch_normalization_4/moving_mean:0", np.nan, "NaN/Inf"),
+    ("batch_normalization_4/batch_normalization_4/moving_variance:0", np.nan, "NaN/Inf"),
+    ("batch_normalization_5/batch_normalization_5/gamma:0", np.inf, "NaN/Inf"),
     ("batch_normalization_4/batch_normalization_4/moving_variance:0", -0.5, "moving_variance >= 0"),
 ])
-def test_bad_values(tiny_yolo, tmp_path, previous, dataset, value, needle):
-    def edit(f):
-        d = f["model_weights/" + dataset]
-        arr = d[()]
-        arr.flat[3] = value
-        d[...] = arr
-    bad = _h5_copy(tiny_yolo["keras2-h5"], tmp_path / "values.h5", edit)
-    layer = dataset.split("/")[0]
-    _check(_run(bad, previous[0]), previous, "values.h5", f"layer '{layer}'", needle)
+def test_bad_values_h5(tiny_yolo, tmp_path, previous, dataset, value, needle):
+    bad = _edit_h5(tiny_yolo["keras2-h5"], tmp_path / "values.h5",
+                   lambda f: _replace(f, "model_weights/" + dataset, value))
+    _check(bad, previous, needle, layer=dataset.split("/")[0])
 
 
-def test_out_not_writable(tiny_yolo, tmp_path):
-    blocker = tmp_path / "file"
-    blocker.write_text("x")
-    proc = _run(tiny_yolo["keras2-h5"], blocker / "out")            # parent is a file
-    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1
-    assert "writable" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("var,value,needle", [(2, np.nan, "NaN/Inf"), (3, -1.0, "moving_variance >= 0")])
+def test_bad_bn_statistics_keras(small_model, tmp_path, previous, var, value, needle):
+    _, path = small_model(small.conv_bn_act)
+    bad = _edit_keras(path, tmp_path / "stats.keras",
+                      lambda f: _replace(f, f"layers/batch_normalization/vars/{var}", value))
+    _check(bad, previous, needle, layer="bn")
 
 
-def test_out_is_a_file(tiny_yolo, tmp_path):
-    out = tmp_path / "out.txt"
-    out.write_text("keep me")
-    proc = _run(tiny_yolo["keras2-h5"], out)
-    assert proc.returncode == 2 and "directory" in proc.stderr
-    assert out.read_text() == "keep me"
+def test_bn_over_a_spatial_axis(small_model, previous):
+    _, path = small_model(small.conv_bn_act, "keras3-h5", bn_axis=1, size=8, channels=8)
+    _check(path, previous, "channel axis", layer="bn")
 
 
-def test_out_with_other_files_is_refused(tiny_yolo, tmp_path):
-    out = tmp_path / "project"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    proc = _run(tiny_yolo["keras2-h5"], out)
-    assert proc.returncode == 2 and "refusing to replace" in proc.stderr
-    assert [p.name for p in out.iterdir()] == ["notes.txt"]
-
-
-def test_failed_export_mid_write_leaves_out(tiny_yolo, previous, monkeypatch):
-    """An error while files are being written: OUT keeps the previous export, no staging left."""
-    import kerasfold.writer as writer
-    from kerasfold.errors import ExportError
-    from kerasfold.export import export
-    out, before = previous
-    calls = []
-
-    def failing(path, array, dtype):
-        calls.append(path)
-        if len(calls) == 5:
-            raise OSError(28, "No space left on device")
-        return real(path, array, dtype)
-    real = writer._write_tensor
-    monkeypatch.setattr(writer, "_write_tensor", failing)
-    with pytest.raises(ExportError, match="No space left"):
-        export(tiny_yolo["keras2-h5"], out)
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert sorted(p.name for p in out.parent.iterdir()) == ["out"]
+@pytest.mark.parametrize("where", ["parent_is_a_file", "proc"])
+def test_out_cannot_be_written(small_model, tmp_path, where):
+    _, model = small_model(small.conv_bn_act)
+    if where == "proc":
+        if not Path("/proc/self").exists():
+            pytest.skip("no /proc")
+        out = Path("/proc/kerasfold-cannot-write-here")
+    else:
+        (tmp_path / "file").write_text("x")
+        out = tmp_path / "file" / "out"
+    proc = run_module("kerasfold.yolo2metal", model, out)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and "Traceback" not in proc.stderr
+    assert str(out) in lines[0] and "writable" in lines[0]
+    assert not out.exists()
+    if where == "parent_is_a_file":
+        assert (tmp_path / "file").read_text() == "x"

@@ -113,11 +113,12 @@ def test_mps_window_reproduces_tensorflow_same_and_valid():
 
 @pytest.mark.parametrize("k, s, size, forge_right", [
     (3, 1, 13, True), (3, 2, 8, True), (3, 2, 9, True), (1, 1, 13, True),
-    (2, 1, 13, False), (4, 1, 8, False), (1, 2, 8, False), (1, 2, 9, True),
+    (2, 1, 13, False), (4, 1, 8, False), (1, 2, 8, False), (1, 2, 9, True), (2, 2, 9, False),
+    (2, 2, 8, True), (4, 2, 8, True), (1, 3, 9, False), (1, 3, 10, True),
 ])
 def test_forge_conv_offset_differs_for_even_kernels_and_1x1_stride_2(k, s, size, forge_right):
-    """DOMAIN.md's claim, checked: Forge's 'same' offset is wrong for even kernels at stride 1 and
-    for 1x1 stride 2 on even inputs."""
+    """DOMAIN.md's claim, checked: Forge's 'same' offset is wrong for even kernels at stride 1 (and
+    any even kernel with an odd total pad) and for 1x1 stride 2 on even inputs (negative pad)."""
     before, _, _ = axis_pad(size, k, s, 1, "same")
     assert (forge_conv_offset(k, s, size) == mps_offset(k, s, 1, before)) is forge_right
 
@@ -462,6 +463,12 @@ def ops_zoo(tmp_path_factory):
         flat = L.Flatten(name="flat")(L.MaxPooling2D(3, strides=2, padding="same", name="pf")(inputs[9]))
         out["dense"] = L.Dense(7, activation="tanh", name="dense")(flat)
         out["dense_4d"] = L.Dense(3, name="dense4d")(inputs[7])
+        for name, (size, k, st, padding) in TRANSPOSE_CASES.items():
+            out[name] = L.Conv2DTranspose(3, k, strides=st, padding=padding, name=name)(inputs[size])
+        up = L.Conv2DTranspose(4, 3, strides=2, padding="same", use_bias=False, name="deconv_bn")(inputs[7])
+        out["deconv_bn"] = L.BatchNormalization(name="bn_deconv")(up)
+        out["separable_s2"] = L.SeparableConv2D(5, 3, strides=2, depth_multiplier=2, padding="same",
+                                                name="sep")(inputs[8])
         return out
     zoo = _zoo(build, tmp_path_factory, "ops", seed=31)
     zoo["pad"] = _reference(zoo)
@@ -469,8 +476,17 @@ def ops_zoo(tmp_path_factory):
     return zoo
 
 
+# name: (input size, kernel, strides, padding)
+TRANSPOSE_CASES = {
+    "deconv3x3_s2_same": (7, 3, 2, "same"),
+    "deconv2x2_s2_valid": (8, 2, 2, "valid"),
+    "deconv4x4_s2_same": (9, 4, 2, "same"),
+    "deconv1x1_s2_valid": (7, 1, 2, "valid"),       # kernel < stride: TF's output is in·s
+    "deconv3x3_s1_same": (8, 3, 1, "same"),
+    "deconv3x2_s3x1_valid": (7, (3, 2), (3, 1), "valid"),
+}
 OPS_CASES = ["add", "concatenate", "global_avg", "global_max_keepdims", "conv_bn_relu", "dw_bn",
-             "bn_standalone", "dense", "dense_4d"]
+             "bn_standalone", "dense", "dense_4d", *TRANSPOSE_CASES, "deconv_bn", "separable_s2"]
 
 
 @pytest.mark.parametrize("case", OPS_CASES)
@@ -484,6 +500,7 @@ def test_ops_zoo_entries(ops_zoo):
     types = {e["name"]: e["type"] for e in load_export(ops_zoo["out"]).layers}
     assert {"add", "concatenate", "global_avg_pool2d", "global_max_pool2d", "dense", "flatten"} <= set(types.values())
     assert types["bn_alone"] == "depthwise_conv2d" and "bn_folded" not in types
+    assert types["deconv3x3_s2_same"] == "conv2d_transpose" and "bn_deconv" not in types
 
 
 # --------------------------------------------------------------------------------------------
@@ -665,7 +682,13 @@ def test_leaky_elu_parameters_match_keras():
 
 
 def test_registries_cover_what_the_exporter_emits():
+    import inspect
+    import re
+    from kerasfold import emit
     from kerasfold.activations import _ALIASES, _NAMES
+    emitted = set(re.findall(r'(?:_base\(node, |_params\(|_pool\()"([a-z0-9_]+)"', inspect.getsource(emit)))
+    assert {"conv2d", "max_pool2d", "add"} <= emitted
+    assert emitted - {"keras_layer"} <= set(OPS), emitted - set(OPS)
     assert {_ALIASES.get(n, n) for n in _NAMES} <= set(ACTIVATIONS)
-    assert {"conv2d", "depthwise_conv2d", "max_pool2d", "avg_pool2d", "activation", "add",
+    assert {"conv2d", "depthwise_conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "activation", "add",
             "concatenate", "space_to_depth", "global_avg_pool2d", "global_max_pool2d"} <= set(OPS)

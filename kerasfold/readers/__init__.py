@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import re
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import numpy as np
 
 from ..errors import ExportError
 from ..graph import Graph, Node, SourceInfo
-from .config import parse_model_config
+from .config import MODEL_CLASSES, parse_model_config
 from .variables import canonical_name, ordered_names
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -75,9 +76,36 @@ def _keras_vars(layers: h5py.Group, prefix: str = "") -> dict[str, h5py.Group]:
     return found
 
 
-def _keras_weights(f: h5py.File, nodes: list[Node]) -> None:
+def _snake(name: str) -> str:
+    """Keras' ``to_snake_case``: ``BatchNormalization`` -> ``batch_normalization``."""
+    name = re.sub(r"(.)([A-Z][a-z0-9]+)", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def _keras_group_paths(config: Any, group: str = "layers", scope: str = "") -> dict[str, str]:
+    """Layer path -> h5 group, as Keras' own loader names them: snake_case class name plus a
+    counter, in the config's layer order (for files whose ``vars`` carry no layer name)."""
+    inner = config.get("config", {}) if isinstance(config, dict) else config
+    layers = inner.get("layers", []) if isinstance(inner, dict) else inner
+    used: dict[str, int] = {}
+    paths = {}
+    for spec in layers:
+        base = _snake(spec["class_name"])
+        used[base] = used.get(base, -1) + 1
+        path = f"{group}/{base}" + (f"_{used[base]}" if used[base] else "")
+        name = scope + (spec.get("name") or spec["config"]["name"])
+        paths[name] = path
+        if spec["class_name"] in MODEL_CLASSES:
+            paths.update(_keras_group_paths(spec, path + "/layers", name + "/"))
+    return paths
+
+
+def _keras_weights(f: h5py.File, nodes: list[Node], config: Any) -> None:
     """Weights of a ``.keras`` archive: ``layers/<path>/vars/<i>`` in creation order."""
     by_layer = _keras_vars(f["layers"]) if "layers" in f else {}
+    for layer, path in _keras_group_paths(config).items():
+        if layer not in by_layer and f"{path}/vars" in f:
+            by_layer[layer] = f[f"{path}/vars"]
     for n in nodes:
         if n.layer != n.name or n.layer not in by_layer:
             continue
@@ -124,7 +152,7 @@ def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[
         weights = z.read("model.weights.h5")
     nodes, ins, outs = parse_model_config(config)
     with h5py.File(io.BytesIO(weights), "r") as f:
-        _keras_weights(f, nodes)
+        _keras_weights(f, nodes, config)
     return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs
 
 

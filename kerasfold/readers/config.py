@@ -47,6 +47,14 @@ def _call_refs(call: Any, layer: str) -> list[Ref]:
     return [(str(h[0]), int(h[1]), int(h[2])) for h in history]
 
 
+def _call_constants(call: Any) -> list[tuple[int, float]]:
+    """Scalar arguments of a Keras 3 op recorded as a node (``x + 3.0``): (position, value)."""
+    if not isinstance(call, dict):
+        return []
+    return [(i, float(a)) for i, a in enumerate(call.get("args", []))
+            if isinstance(a, (int, float)) and not isinstance(a, bool)]
+
+
 def _refs(refs: Any) -> list[Ref]:
     """``input_layers`` / ``output_layers``: ``[[name, node, tensor], ...]`` or one ``[name, node, tensor]``."""
     if refs and isinstance(refs[0], str):
@@ -145,7 +153,7 @@ def _functional(config: dict[str, Any], prefix: str, scope: str) -> _Model:
                 pending.append(([], refs, sub))
                 continue
             node = Node(name=name, kind=spec["class_name"], config=spec["config"], inputs=[],
-                        layer=scope + layer)
+                        layer=scope + layer, constants=_call_constants(call))
             resolve[(layer, k, 0)] = name
             pending.append(([node], refs, None))
     for own, refs, sub in pending:

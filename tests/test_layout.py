@@ -1,0 +1,47 @@
+"""kerasfold.layout: Keras kernel order -> device order (and back), checked element by element."""
+import itertools
+
+import numpy as np
+import pytest
+
+from kerasfold.layout import conv2d_hwio, conv2d_ohwi, depthwise_hwcm, depthwise_ohw, to_keras
+
+
+def _distinct(shape):
+    """Every element different, so that a wrong axis cannot go unnoticed."""
+    return np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+
+
+def test_conv2d_ohwi_positions():
+    k = _distinct((2, 3, 4, 5))                                   # (kh, kw, in, out)
+    w = conv2d_ohwi(k)
+    assert w.shape == (5, 2, 3, 4) and w.dtype == np.float32 and w.flags.c_contiguous
+    for h, x, i, o in [(0, 0, 0, 0), (1, 2, 3, 4), (1, 0, 2, 3), (0, 1, 3, 1), (1, 1, 0, 2)]:
+        assert w[o, h, x, i] == k[h, x, i, o]
+    for h, x, i, o in itertools.product(range(2), range(3), range(4), range(5)):
+        assert w[o, h, x, i] == k[h, x, i, o]
+    # in the raw bytes, the input channel varies fastest, then kw, kh, out
+    flat = np.frombuffer(w.tobytes(), np.float32)
+    assert flat[((4 * 2 + 1) * 3 + 2) * 4 + 3] == k[1, 2, 3, 4]
+
+
+def test_conv2d_roundtrip():
+    k = _distinct((3, 3, 7, 2))
+    np.testing.assert_array_equal(conv2d_hwio(conv2d_ohwi(k)), k)
+    np.testing.assert_array_equal(to_keras("OHWI", conv2d_ohwi(k)), k)
+
+
+@pytest.mark.parametrize("channels,multiplier", [(4, 1), (4, 2), (3, 3)])
+def test_depthwise_output_channel_is_c_times_m_plus_m(channels, multiplier):
+    k = _distinct((3, 2, channels, multiplier))                    # (kh, kw, C, M)
+    w = depthwise_ohw(k)
+    assert w.shape == (channels * multiplier, 3, 2) and w.flags.c_contiguous
+    for c, m in itertools.product(range(channels), range(multiplier)):
+        np.testing.assert_array_equal(w[c * multiplier + m], k[:, :, c, m])
+    np.testing.assert_array_equal(depthwise_hwcm(w, multiplier), k)
+    np.testing.assert_array_equal(to_keras("OHW", w, depth_multiplier=multiplier), k)
+
+
+def test_unknown_layout_is_refused():
+    with pytest.raises(ValueError, match="expected a layout"):
+        to_keras("HWIO", np.zeros((1, 1, 1, 1), np.float32))

@@ -46,7 +46,7 @@ def _pad(node: Node, pad: list) -> list[int]:
 
 
 def _base(node: Node, kind: str) -> dict[str, Any]:
-    meta = {"name": node.name, "type": kind, "keras_class": node.kind, "inputs": list(node.inputs),
+    meta = {"name": node.name, "type": kind, "keras_class": node.origin or node.kind, "inputs": list(node.inputs),
             "folded": list(node.folded)}
     if node.constants:          # x + 3.0: the scalar operands, by argument position
         meta["constants"] = [{"position": p, "value": v} for p, v in node.constants]

@@ -28,6 +28,7 @@ class Node:
     activation: dict[str, Any] = field(default_factory=lambda: dict(LINEAR))
     output_shape: Shape | None = None
     constants: list[tuple[int, float]] = field(default_factory=list)   # (argument position, scalar)
+    origin: str = ""               # the Keras class a pass rewrote this node from ("" when none)
 
     def __post_init__(self) -> None:
         self.layer = self.layer or self.name

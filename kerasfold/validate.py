@@ -65,6 +65,16 @@ def _transpose(node: Node, cin: int | None) -> dict[str, tuple]:
     return {"kernel": (kh, kw, filters, cin), **({"bias": (filters,)} if c.get("use_bias", True) else {})}
 
 
+def _normalization(node: Node, cin: int | None) -> dict[str, tuple]:
+    """Keras 3 keeps mean/variance broadcastable, (1, 1, 1, C); tf.keras as (C,). Given in the
+    config (``Normalization(mean=..., variance=...)``), they are no weights at all."""
+    if node.config.get("mean") is not None:
+        return {}
+    rank = node.weights["mean"].ndim if "mean" in node.weights else 1
+    per_channel = (1,) * (rank - 1) + (cin,)
+    return {"mean": per_channel, "variance": per_channel, "count": ()}
+
+
 # Layers with weights the exporter knows, with the shapes their config implies.
 WEIGHTED: dict[str, ExpectedShapes] = {
     "Conv2D": _conv2d,
@@ -74,6 +84,7 @@ WEIGHTED: dict[str, ExpectedShapes] = {
     "PReLU": _prelu,
     "SeparableConv2D": _separable,
     "Conv2DTranspose": _transpose,
+    "Normalization": _normalization,
 }
 
 
@@ -100,12 +111,16 @@ def check_node(node: Node, in_shape: Shape | None) -> None:
             raise ExportError(f"expected {key} of shape {want} from the config, received "
                               f"{actual}", layer=node.name)
     for key, arr in node.weights.items():
-        if not np.all(np.isfinite(arr)):
+        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
             bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
             raise ExportError(f"expected finite {key}, received {bad} NaN/Inf values", layer=node.name)
-    if node.kind == "BatchNormalization" and np.any(node.weights["moving_variance"] < 0):
-        worst = float(node.weights["moving_variance"].min())
-        raise ExportError(f"expected moving_variance >= 0, received {worst:g}", layer=node.name)
+    variance = {"BatchNormalization": "moving_variance", "Normalization": "variance"}.get(node.kind)
+    values = node.weights.get(variance, node.config.get(variance)) if variance else None
+    if values is not None and np.any(np.asarray(values, np.float64) < 0):
+        worst = float(np.min(values))
+        raise ExportError(f"expected {variance} >= 0, received {worst:g}", layer=node.name)
+    if node.kind == "Normalization" and node.config.get("invert"):
+        raise ExportError("expected Normalization with invert=False, received invert=True", layer=node.name)
 
 
 def check_graph(graph: Graph) -> None:

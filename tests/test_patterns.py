@@ -209,5 +209,36 @@ def test_unsupported_weighted_layer_lists_the_supported(tmp_path):
     model = build(arch)
     model.save(tmp_path / "m.keras")
     with pytest.raises(ExportError, match=r"layer 'c1d'.*BatchNormalization, Conv2D, Conv2DTranspose, Dense, "
-                                          r"DepthwiseConv2D, PReLU, SeparableConv2D.*Conv1D"):
+                                          r"DepthwiseConv2D, Normalization, PReLU, SeparableConv2D.*Conv1D"):
         export(tmp_path / "m.keras", tmp_path / "out")
+
+
+def test_normalization_at_the_input(tmp_path):
+    def arch(k):
+        x = inp = k.Input((6, 6, 3))
+        norm = k.layers.Normalization(mean=[0.4, 0.5, 0.6], variance=[0.04, 0.09, 0.0], name="norm")
+        x = k.layers.Conv2D(4, 3, padding="same", name="conv")(norm(x))
+        return k.Model(inp, x)
+    model, layers, out = _export(arch, tmp_path)
+    e = layers["norm"]
+    assert e["type"] == "depthwise_conv2d" and e["keras_class"] == "Normalization" and e["kernel"] == [1, 1]
+    scale = _read(out, e["weights"]).reshape(-1)
+    np.testing.assert_allclose(scale, [1 / 0.2, 1 / 0.3, 1e7], rtol=1e-6)     # σ = 0 divides by ε = 1e-7
+    np.testing.assert_allclose(_read(out, e["bias"]), [-0.4 / 0.2, -0.5 / 0.3, -0.6e7], rtol=1e-6)
+
+
+def test_other_lambda_is_opaque_never_executed(tmp_path):
+    """A Lambda that is not space_to_depth_x2: an entry named by its config, a warning, no code run."""
+    from kerasfold.emit import UnknownLayerWarning
+
+    def arch(k):
+        x = inp = k.Input((4, 4, 3))
+        x = k.layers.Conv2D(3, 1, name="c")(x)
+        return k.Model(inp, k.layers.Lambda(lambda t: t * 2.0, name="double")(x))
+    path = tmp_path / "lambda.keras"
+    build(arch).save(path)
+    with pytest.warns(UnknownLayerWarning, match="'double'.*Lambda"):
+        result = export(path, tmp_path / "out")
+    entry = next(e for e in result.manifest["layers"] if e["name"] == "double")
+    assert entry["type"] == "keras_layer" and entry["class_name"] == "Lambda"
+    assert entry["config"]["function"] == "<bytecode>"                  # named, not copied

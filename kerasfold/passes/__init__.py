@@ -6,7 +6,8 @@ from typing import Callable
 
 from ..graph import Graph
 from .activations import fuse_activations, own_activations
-from .batch_norm import bn_to_scale_bias, fold_bn_into_consumers, fold_bn_into_producers
+from .batch_norm import (bn_to_scale_bias, fold_bn_into_consumers, fold_bn_into_producers,
+                         normalization_to_scale_bias)
 from .identities import drop_identities
 from .separable import split_separable
 
@@ -17,6 +18,7 @@ PASSES: list[Callable[[Graph], None]] = [
     fold_bn_into_producers,   # Conv2D -> BN  =>  Conv2D'
     fold_bn_into_consumers,   # BN -> Conv2D(pads nothing)  =>  Conv2D'
     bn_to_scale_bias,         # any BN left  =>  1x1 depthwise (per-channel scale/bias)
+    normalization_to_scale_bias,  # Normalization (input)  =>  1x1 depthwise
     fuse_activations,         # Conv2D' -> LeakyReLU  =>  Conv2D'(activation=leaky_relu)
 ]
 

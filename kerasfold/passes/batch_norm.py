@@ -128,6 +128,34 @@ def fold_bn_into_consumers(graph: Graph) -> None:
         graph.bypass(bn.name)
 
 
+NORMALIZATION_EPSILON = 1e-7      # keras.config.epsilon(): Normalization divides by max(√σ², ε)
+
+
+def normalization_to_scale_bias(graph: Graph) -> None:
+    """Keras' Normalization layer (at the input, usually) becomes a 1x1 DepthwiseConv2D.
+
+        before:  x -> Normalization(mean μ, variance σ²) -> y = (x − μ) / max(√σ², 1e-7)
+        after:   x -> DepthwiseConv2D(1x1, s = 1 / max(√σ², 1e-7), bias = −μ s) -> y
+    """
+    for node in graph:
+        if node.kind != "Normalization" or not normalises_channels(node, len(node.output_shape or (0, 0, 0)) + 1):
+            continue
+        stats = node.weights if "mean" in node.weights else node.config       # adapted, or given
+        channels = node.output_shape[-1] if node.output_shape else None
+        mean = np.broadcast_to(np.asarray(stats["mean"], np.float64).reshape(-1), (channels,))
+        var = np.broadcast_to(np.asarray(stats["variance"], np.float64).reshape(-1), (channels,))
+        std = np.maximum(np.sqrt(var), NORMALIZATION_EPSILON)
+        _to_depthwise(node, (1.0 / std).astype(np.float32), (-mean / std).astype(np.float32), folded=[])
+
+
+def _to_depthwise(node: Node, scale: np.ndarray, shift: np.ndarray, folded: list[str]) -> None:
+    node.origin, node.kind = node.kind, "DepthwiseConv2D"
+    node.config = {"name": node.layer, "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
+                   "depth_multiplier": 1, "dilation_rate": [1, 1], "use_bias": True, "activation": "linear"}
+    node.weights = {"depthwise_kernel": scale.reshape(1, 1, -1, 1), "bias": shift}
+    node.folded = folded
+
+
 def bn_to_scale_bias(graph: Graph) -> None:
     """Any BatchNormalization left becomes a 1x1 DepthwiseConv2D with weights s and bias t.
 
@@ -141,11 +169,6 @@ def bn_to_scale_bias(graph: Graph) -> None:
         if not normalises_channels(bn, rank):
             continue                            # stays a BatchNormalization; the emitter rejects it
         scale, shift = bn_as_scale_bias(bn_params(bn))
-        bn.kind = "DepthwiseConv2D"
-        bn.config = {"name": bn.layer, "kernel_size": [1, 1], "strides": [1, 1], "padding": "valid",
-                     "depth_multiplier": 1, "dilation_rate": [1, 1], "use_bias": True,
-                     "activation": "linear"}
-        bn.weights = {"depthwise_kernel": scale.reshape(1, 1, -1, 1), "bias": shift}
-        bn.folded = [bn.layer]
+        _to_depthwise(bn, scale, shift, folded=[bn.layer])
 
 

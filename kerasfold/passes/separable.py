@@ -24,7 +24,7 @@ def split_separable(graph: Graph) -> None:
             weights={"depthwise_kernel": depthwise_kernel})
         h, w, filters = node.output_shape or (None, None, None)
         depthwise.output_shape = (h, w, depthwise_kernel.shape[2] * depthwise_kernel.shape[3])
-        node.kind = "Conv2D"
+        node.origin, node.kind = node.kind, "Conv2D"
         node.config = {"name": c.get("name", node.layer), "filters": c["filters"], "kernel_size": [1, 1],
                        "strides": [1, 1], "padding": "valid", "dilation_rate": [1, 1], "groups": 1,
                        "use_bias": c.get("use_bias", True), "activation": c.get("activation", "linear")}

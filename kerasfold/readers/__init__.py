@@ -39,7 +39,7 @@ def _text(value: Any) -> str:
 def _check_arrays(nodes: list[Node]) -> None:
     for n in nodes:
         for key, arr in n.weights.items():
-            if not np.issubdtype(arr.dtype, np.floating):
+            if not np.issubdtype(arr.dtype, np.floating) and not (key == "count" and n.kind == "Normalization"):
                 raise ExportError(f"expected floating-point weights, received {arr.dtype} in "
                                   f"'{key}'", layer=n.name)
 

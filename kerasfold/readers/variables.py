@@ -38,6 +38,7 @@ _ORDER = {
     + (["bias"] if c.get("use_bias", True) else []),
     "BatchNormalization": _bn,
     "PReLU": lambda c: ["alpha"],
+    "Normalization": lambda c: [] if c.get("mean") is not None else ["mean", "variance", "count"],
 }
 
 

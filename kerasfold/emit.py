@@ -12,6 +12,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import layout
+from .mps import offset_for
 from .activations import ACTIVATION_LAYERS, from_layer
 from .errors import ExportError
 from .graph import Graph, Node
@@ -45,6 +46,12 @@ def _pad(node: Node, pad: list) -> list[int]:
     return [int(p) for p in pad]
 
 
+def _with_offset(entry: Entry) -> Entry:
+    """MPSCNN's ``offset`` {"x", "y"} that reproduces the entry's explicit ``pad`` (mps.py)."""
+    entry.meta["offset"] = offset_for(entry.meta)
+    return entry
+
+
 def _base(node: Node, kind: str) -> dict[str, Any]:
     meta = {"name": node.name, "type": kind, "keras_class": node.origin or node.kind, "inputs": list(node.inputs),
             "folded": list(node.folded)}
@@ -71,20 +78,22 @@ def _conv2d(node: Node, graph: Graph) -> Entry:
             "groups": int(c.get("groups", 1) or 1), "padding": c.get("padding", "valid"),
             "pad": _pad(node, pad)}
     kernel = node.weights["kernel"]                                   # (kh, kw, in/groups, out)
-    return Entry(meta, {"weights": Tensor(layout.conv2d_ohwi(kernel), "OHWI"),
-                        "bias": _bias(node, kernel.shape[-1])})
+    return _with_offset(Entry(meta, {"weights": Tensor(layout.conv2d_ohwi(kernel), "OHWI"),
+                                     "bias": _bias(node, kernel.shape[-1])}))
 
 
 def _depthwise(node: Node, graph: Graph) -> Entry:
     c = node.config
-    pad, _ = conv_geometry(node, graph[node.inputs[0]].output_shape)
+    in_shape = graph[node.inputs[0]].output_shape
+    # a per-channel BN on a (C,) tensor (after a Dense) has no spatial geometry
+    pad, _ = conv_geometry(node, in_shape) if in_shape is None or len(in_shape) == 3 else ([0] * 4, None)
     meta = {**_base(node, "depthwise_conv2d"), **_tail(node), "kernel": list(pair(c["kernel_size"])),
             "strides": list(pair(c.get("strides", 1))), "dilation": list(pair(c.get("dilation_rate", 1))),
             "depth_multiplier": int(c.get("depth_multiplier", 1)), "padding": c.get("padding", "valid"),
             "pad": _pad(node, pad)}
     kernel = node.weights["depthwise_kernel"]                         # (kh, kw, C, M)
-    return Entry(meta, {"weights": Tensor(layout.depthwise_ohw(kernel), "OHW"),
-                        "bias": _bias(node, kernel.shape[2] * kernel.shape[3])})
+    return _with_offset(Entry(meta, {"weights": Tensor(layout.depthwise_ohw(kernel), "OHW"),
+                                     "bias": _bias(node, kernel.shape[2] * kernel.shape[3])}))
 
 
 def _pool(kind: str) -> Callable[[Node, Graph], Entry]:
@@ -93,9 +102,9 @@ def _pool(kind: str) -> Callable[[Node, Graph], Entry]:
         pad, _ = pool_geometry(node, graph[node.inputs[0]].output_shape)
         size = pair(c.get("pool_size", 2))
         strides = pair(c["strides"]) if c.get("strides") is not None else size
-        return Entry({**_base(node, kind), **_tail(node), "pool_size": list(size),
-                      "strides": list(strides), "padding": c.get("padding", "valid"),
-                      "pad": _pad(node, pad)})
+        return _with_offset(Entry({**_base(node, kind), **_tail(node), "pool_size": list(size),
+                                   "strides": list(strides), "padding": c.get("padding", "valid"),
+                                   "pad": _pad(node, pad)}))
     return emit
 
 
@@ -197,13 +206,16 @@ EMITTERS: dict[str, Callable[[Node, Graph], Entry]] = {
 
 
 def emit(graph: Graph) -> list[Entry]:
-    """Manifest entries of every non-input node, in topological order."""
+    """Manifest entries of every non-input node, in topological order. ``output_of`` names the
+    original layer whose output the entry reproduces (for layer-by-layer comparisons)."""
     entries = []
     for node in graph:
         if node.is_input:
             continue
         try:
-            entries.append(EMITTERS.get(node.kind, _unknown)(node, graph))
+            entry = EMITTERS.get(node.kind, _unknown)(node, graph)
+            entry.meta["output_of"] = graph.output_of(node.name)
+            entries.append(entry)
         except ExportError as err:
             raise err.at(layer=node.name)
     return entries

@@ -14,20 +14,22 @@ from .emit import emit
 from .errors import ExportError
 from .graph import Graph
 from .passes import run_passes
+from .precision import HalfStats, half_stats
 from .passes.lambdas import recognise_lambdas
 from .readers import read_model
 from .shapes import infer_shapes
 from .validate import check_graph
 from .writer import write_export
 
-DTYPES = ("float32",)
+DTYPES = ("float32", "float16")
 
 
 @dataclass(frozen=True)
 class ExportOptions:
-    dtype: str = "float32"
+    dtype: str = "float32"                        # weights; biases are always float32
     forge_names: bool = False                     # conv files named conv1..convN (Forge's YOLO)
     input_size: tuple[int, int] | None = None     # for models saved with an unknown H, W
+    fold: bool = True                             # False: BN and activations stay separate entries
 
 
 @dataclass
@@ -35,7 +37,11 @@ class ExportResult:
     out: Path
     manifest: dict[str, Any]
     seconds: float
-    counts: Counter = field(default_factory=Counter)
+    half: list[HalfStats] = field(default_factory=list)     # float16 exports: per-layer underflow
+
+    def warnings(self) -> list[str]:
+        """One line per layer whose float16 weights flush to zero or turn subnormal."""
+        return [s.line() for s in self.half if s.flushed or s.subnormal]
 
     def summary(self) -> str:
         layers = self.manifest["layers"]
@@ -76,7 +82,7 @@ def prepare(model: str | Path, options: ExportOptions = ExportOptions()) -> Grap
         recognise_lambdas(graph)
         infer_shapes(graph)
         check_graph(graph)
-        return run_passes(graph)
+        return run_passes(graph, fold=options.fold)
     except ExportError as err:
         raise err.at(file=str(model))
 
@@ -89,7 +95,10 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     graph = prepare(model, options)
     try:
         entries = emit(graph)
+        half = half_stats(entries) if options.dtype == "float16" else []
+        for entry, stats in zip((e for e in entries if "weights" in e.tensors), half):
+            entry.meta["float16"] = {"flushed_to_zero": stats.flushed, "subnormal": stats.subnormal}
     except ExportError as err:
         raise err.at(file=str(model))
     manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names)
-    return ExportResult(out=Path(out), manifest=manifest, seconds=time.perf_counter() - start)
+    return ExportResult(out=Path(out), manifest=manifest, seconds=time.perf_counter() - start, half=half)

@@ -29,6 +29,8 @@ class Node:
     output_shape: Shape | None = None
     constants: list[tuple[int, float]] = field(default_factory=list)   # (argument position, scalar)
     origin: str = ""               # the Keras class a pass rewrote this node from ("" when none)
+    absorbed: list[str] = field(default_factory=list)  # nodes fused into this one, in order
+    synthetic: bool = False        # made by a pass (a separable's depthwise half): no Keras twin
 
     def __post_init__(self) -> None:
         self.layer = self.layer or self.name
@@ -97,5 +99,11 @@ class Graph:
     def absorb(self, producer: str, name: str) -> None:
         """Remove ``name`` (whose sole input is ``producer``) and let ``producer`` stand in its
         place: consumers of ``name`` now read ``producer``."""
+        gone = self.nodes[name]
         self.bypass(name)
-        assert producer in self.nodes
+        self.nodes[producer].absorbed += [name, *gone.absorbed]
+
+    def output_of(self, name: str) -> str | None:
+        """The original node whose output ``name``'s output now is (None for a synthetic node)."""
+        node = self.nodes[name]
+        return None if node.synthetic else (node.absorbed[-1] if node.absorbed else node.name)

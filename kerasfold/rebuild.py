@@ -69,6 +69,11 @@ def _depthwise(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
     weights = to_keras("OHW", export.tensor(entry, "weights").astype(np.float32), depth_multiplier=m)
     layer = keras.layers.DepthwiseConv2D(entry["kernel"], strides=entry["strides"], depth_multiplier=m,
                                          dilation_rate=entry["dilation"], padding="valid")
+    if len(xs[0].shape) == 2:                 # per-channel scale/bias on (N, C): run it on (N, 1, 1, C)
+        flat = keras.layers.Reshape((1, 1, xs[0].shape[-1]))(xs[0])
+        y = keras.layers.Reshape((weights.shape[2] * m,))(layer(flat))
+        layer.set_weights([weights, export.tensor(entry, "bias")])
+        return y
     y = layer(_pad(xs[0], entry["pad"]))
     layer.set_weights([weights, export.tensor(entry, "bias")])
     return y
@@ -204,8 +209,9 @@ def _reduce(entry: dict[str, Any], tensors: Any, op: Callable[[Any, Any], Any]) 
     return out
 
 
-def from_export(export: Export) -> Any:
-    """The BN-free Keras model described by an export's manifest and ``.bin`` files."""
+def from_export(export: Export, keep: bool = False) -> Any:
+    """The BN-free Keras model described by an export's manifest and ``.bin`` files; with
+    ``keep``, its outputs are every entry's output, in manifest order (layer-by-layer checks)."""
     keras = import_keras()
     tensors: dict[str, Any] = {}
     inputs = []
@@ -220,7 +226,8 @@ def from_export(export: Export) -> Any:
         y = build(entry, [tensors[i] for i in entry["inputs"]], export)
         act = activation_layer(entry["activation"])
         tensors[entry["name"]] = act(y) if act is not None else y
-    return keras.Model(_one_or_list(inputs), _one_or_list([tensors[o] for o in export.manifest["outputs"]]))
+    names = [e["name"] for e in export.layers] if keep else export.manifest["outputs"]
+    return keras.Model(_one_or_list(inputs), _one_or_list([tensors[o] for o in names]))
 
 
 def _set_weights_by_name(layer: Any, node: Node) -> None:

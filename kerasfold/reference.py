@@ -280,8 +280,11 @@ def _conv2d_transpose(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context)
 
 
 def _depthwise_conv2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Weights OHW (C·M, kh, kw); output channel c·M + m reads input channel c."""
+    """Weights OHW (C·M, kh, kw); output channel c·M + m reads input channel c. A 1×1 one on a
+    (N, C) tensor (a BatchNormalization after a Dense) is a per-channel scale and bias."""
     x, w = xs[0], ctx.weights(entry)
+    if x.ndim == 2 and w.shape[1:] == (1, 1) and int(entry.get("depth_multiplier", 1)) == 1:
+        return _with_bias(x * w[:, 0, 0], entry, ctx)
     cm, kh, kw = w.shape
     m = int(entry.get("depth_multiplier", 1))
     c = x.shape[-1]

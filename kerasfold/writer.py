@@ -49,6 +49,7 @@ def file_stems(entries: list[Entry], forge_names: bool) -> dict[str, str]:
 
 
 def _write_tensor(path: Path, array: np.ndarray, dtype: str) -> dict[str, Any]:
+    """Raw little-endian C-order bytes; float16 rounds to nearest even (IEEE), once."""
     data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
     path.write_bytes(data)
     return {"file": path.name, "shape": list(array.shape), "dtype": dtype,

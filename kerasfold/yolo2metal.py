@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from .cli import EXIT_OK, EXIT_PARITY, parse_size, run
-from .export import ExportOptions, export
+from .export import DTYPES, ExportOptions, export
 
 PROG = "kerasfold"
 
@@ -20,8 +20,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--verify", action="store_true",
                    help="after exporting, rebuild the model from the written files with Keras and "
                    "compare it with the original (needs TensorFlow)")
-    p.add_argument("--tolerance", type=float, default=1e-5,
-                   help="largest relative error --verify accepts (default 1e-5)")
+    p.add_argument("--dtype", choices=DTYPES, default="float32",
+                   help="weight files' type (biases are always float32); float16 fails on a weight "
+                   "beyond half range and reports weights that flush to zero or turn subnormal")
+    p.add_argument("--tolerance", type=float,
+                   help="largest relative error --verify accepts (default 1e-5 for float32 "
+                   "exports, 1e-2 for float16)")
+    p.add_argument("--no-fold", action="store_true",
+                   help="keep BatchNormalization and activations as entries of their own")
     p.add_argument("--forge-names", action="store_true",
                    help="name convolution files conv1..convN in graph order, as Forge's YOLO "
                    "example loads them")
@@ -35,8 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
     def job() -> int:
-        options = ExportOptions(forge_names=args.forge_names, input_size=args.input_size)
+        options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names,
+                                input_size=args.input_size, fold=not args.no_fold)
         result = export(args.model, args.out, options)
+        for line in result.warnings():
+            print(f"{PROG}: warning: {line}", file=sys.stderr)
         if not args.quiet:
             print(result.summary())
         if args.verify:

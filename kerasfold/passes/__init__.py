@@ -23,7 +23,12 @@ PASSES: list[Callable[[Graph], None]] = [
 ]
 
 
-def run_passes(graph: Graph) -> Graph:
+# Without folding (a reference for checks): BN stays a per-channel entry, activations stay layers.
+FOLDS = (fold_bn_into_producers, fold_bn_into_consumers, fuse_activations)
+
+
+def run_passes(graph: Graph, fold: bool = True) -> Graph:
     for apply in PASSES:
-        apply(graph)
+        if fold or apply not in FOLDS:
+            apply(graph)
     return graph

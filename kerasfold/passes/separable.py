@@ -21,7 +21,7 @@ def split_separable(graph: Graph) -> None:
                     "strides": c.get("strides", 1), "padding": c.get("padding", "valid"),
                     "dilation_rate": c.get("dilation_rate", 1),
                     "depth_multiplier": int(c.get("depth_multiplier", 1)), "use_bias": False},
-            weights={"depthwise_kernel": depthwise_kernel})
+            weights={"depthwise_kernel": depthwise_kernel}, synthetic=True)
         h, w, filters = node.output_shape or (None, None, None)
         depthwise.output_shape = (h, w, depthwise_kernel.shape[2] * depthwise_kernel.shape[3])
         node.origin, node.kind = node.kind, "Conv2D"

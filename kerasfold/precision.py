@@ -1,0 +1,51 @@
+"""Float16 export checks: what half precision does to each layer's folded weights.
+
+IEEE half: largest finite 65504, smallest normal 2^-14 ≈ 6.1e-5, smallest subnormal 2^-24 ≈ 6e-8.
+A folded weight beyond the range fails the export (a tiny σ² makes s = γ/√(σ²+ε) huge; no other
+converter checks this); weights that flush to zero or land in the subnormal range (lost precision,
+and slow or flushed on some GPUs) are counted per layer and reported.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .emit import Entry
+from .errors import ExportError
+
+HALF_MAX = float(np.finfo(np.float16).max)          # 65504
+HALF_TINY = float(np.finfo(np.float16).tiny)        # 2^-14, smallest normal
+
+
+@dataclass(frozen=True)
+class HalfStats:
+    layer: str
+    count: int           # weights in the layer
+    flushed: int         # non-zero in float32, zero in float16
+    subnormal: int       # non-zero and below the smallest normal in float16
+
+    def line(self) -> str:
+        return (f"layer '{self.layer}': in float16, {self.flushed} of {self.count} weights flush to "
+                f"zero and {self.subnormal} are subnormal")
+
+
+def half_stats(entries: list[Entry]) -> list[HalfStats]:
+    """Check every entry's weights for float16; raise on overflow, count what underflows."""
+    stats = []
+    for e in entries:
+        tensor = e.tensors.get("weights")
+        if tensor is None:
+            continue
+        w = tensor.array
+        largest = float(np.max(np.abs(w))) if w.size else 0.0
+        if largest > HALF_MAX:
+            raise ExportError(f"expected folded weights within float16's range (|w| <= {HALF_MAX:g}), "
+                              f"received largest |w| = {largest:.6g}; export as float32 or check the "
+                              "BatchNormalization variance", layer=e.name)
+        half = w.astype(np.float16)
+        nonzero = w != 0
+        flushed = int(np.count_nonzero(nonzero & (half == 0)))
+        subnormal = int(np.count_nonzero((half != 0) & (np.abs(half) < HALF_TINY)))
+        stats.append(HalfStats(e.name, int(w.size), flushed, subnormal))
+    return stats

@@ -1,0 +1,151 @@
+"""Issue 4: float16 export, the numpy reference as a second (or only) check, where a failure
+starts, and MPS offsets in the manifest."""
+import hashlib
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from conftest import ROOT, copy_tree, read_manifest
+from kerasfold.errors import ExportError
+from kerasfold.export import ExportOptions, export
+from kerasfold.mps import offset_for
+from kerasfold.verify import verify_export
+from kerasfold.yolo2metal import main as export_main
+
+
+@pytest.fixture(scope="module")
+def half_export(tiny_yolo, tmp_path_factory):
+    out = tmp_path_factory.mktemp("half") / "out"
+    result = export(tiny_yolo["keras2-h5"], out, ExportOptions(dtype="float16"))
+    return out, result
+
+
+def test_float16_files(tiny_yolo_export, half_export):
+    out, _ = half_export
+    m, m32 = read_manifest(out), read_manifest(tiny_yolo_export)
+    assert m["dtype"] == "float16"
+    for e, e32 in zip(m["layers"], m32["layers"]):
+        if "weights" not in e:
+            continue
+        assert e["weights"]["dtype"] == "float16" and e["bias"]["dtype"] == "float32"
+        w16 = np.fromfile(out / e["weights"]["file"], "<f2")
+        w32 = np.fromfile(tiny_yolo_export / e32["weights"]["file"], "<f4")
+        np.testing.assert_array_equal(w16, w32.astype(np.float16))            # one IEEE rounding
+        assert (out / e["weights"]["file"]).stat().st_size == 2 * w32.size
+        np.testing.assert_array_equal(np.fromfile(out / e["bias"]["file"], "<f4"),
+                                      np.fromfile(tiny_yolo_export / e32["bias"]["file"], "<f4"))
+        flushed = int(np.count_nonzero((w32 != 0) & (w16 == 0)))
+        subnormal = int(np.count_nonzero((w16 != 0) & (np.abs(w16) < np.finfo(np.float16).tiny)))
+        assert e["float16"] == {"flushed_to_zero": flushed, "subnormal": subnormal}
+
+
+def test_float16_counts_reported(half_export):
+    _, result = half_export
+    lines = result.warnings()
+    assert lines and all("in float16" in line for line in lines)
+    assert any("conv2d_8" in line for line in lines)           # the widest layer has subnormals
+
+
+def test_float16_verifies_with_its_own_tolerance(tiny_yolo, half_export):
+    out, _ = half_export
+    report = verify_export(tiny_yolo["keras2-h5"], out)
+    assert report.passed, report.text()
+    assert report.tolerance == 1e-2
+    assert 1e-5 < report.max_rel < 1e-2                         # half rounding is visible, and bounded
+    assert len(report.checks) == 2
+
+
+def test_tiny_variance_fails_float16_naming_the_layer(tmp_path):
+    from models.small import build, conv_bn_act
+    model = build(conv_bn_act, epsilon=1e-12)
+    bn = model.get_layer("bn")
+    weights = {v.path.split("/")[-1]: v for v in bn.weights}
+    var = np.asarray(weights["moving_variance"]).copy()
+    var[2] = 1e-12
+    weights["moving_variance"].assign(var)
+    path = tmp_path / "tiny.keras"
+    model.save(path)
+    assert export(path, tmp_path / "f32").manifest["dtype"] == "float32"      # fine in float32
+    proc = subprocess.run([sys.executable, "-m", "kerasfold.yolo2metal", str(path), str(tmp_path / "f16"),
+                           "--dtype", "float16"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2
+    line = proc.stderr.strip()
+    assert len(line.splitlines()) == 1 and "layer 'conv'" in line and "largest |w| =" in line
+    assert "float16" in line and not (tmp_path / "f16").exists()
+
+
+def test_no_fold_export_keeps_bn_and_activations(tiny_yolo, tmp_path):
+    assert export_main([str(tiny_yolo["keras2-h5"]), str(tmp_path / "plain"), "--no-fold", "-q"]) == 0
+    kinds = [e["keras_class"] for e in read_manifest(tmp_path / "plain")["layers"]]
+    assert kinds.count("BatchNormalization") == 8 and kinds.count("LeakyReLU") == 8
+    assert verify_export(tiny_yolo["keras2-h5"], tmp_path / "plain").passed
+
+
+def _tamper(src, dst, layer):
+    out = copy_tree(src, dst)
+    m = read_manifest(out)
+    entry = next(e for e in m["layers"] if e["name"] == layer)
+    path = out / entry["weights"]["file"]
+    w = np.fromfile(path, "<f4")
+    w[::97] *= 1.01
+    w.astype("<f4").tofile(path)
+    entry["weights"]["sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    (out / "manifest.json").write_text(json.dumps(m))
+    return out
+
+
+def test_failure_names_the_first_diverging_layer(tiny_yolo, tiny_yolo_export, tmp_path):
+    out = _tamper(tiny_yolo_export, tmp_path / "t", "conv2d_5")
+    report = verify_export(tiny_yolo["keras2-h5"], out)
+    assert not report.passed
+    assert [c.label for c in report.checks] == ["parity", "reference"]
+    for check in report.checks:
+        assert check.divergence.startswith("layer 'conv2d_5' (reproduces 'leaky_re_lu_5')"), check.divergence
+    assert "first divergence: layer 'conv2d_5'" in report.text()
+
+
+def _verify_without_tensorflow(model, out):
+    code = ("import sys\n"
+            "for m in ('tensorflow', 'keras', 'tf_keras'): sys.modules[m] = None\n"
+            "from kerasfold.verify import main\n"
+            f"rc = main([{str(model)!r}, {str(out)!r}])\n"
+            "assert not [m for m in ('tensorflow', 'keras') if sys.modules.get(m) is not None]\n"
+            "sys.exit(rc)\n")
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+
+
+def test_verify_without_tensorflow_uses_the_reference(tiny_yolo, tiny_yolo_export, tmp_path):
+    proc = _verify_without_tensorflow(tiny_yolo["keras2-h5"], tiny_yolo_export)
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    assert "TensorFlow is not installed" in proc.stdout and "reference PASS" in proc.stdout
+    assert "parity" not in proc.stdout.replace("parity check", "")
+    bad = _tamper(tiny_yolo_export, tmp_path / "t", "conv2d_3")
+    proc = _verify_without_tensorflow(tiny_yolo["keras2-h5"], bad)
+    assert proc.returncode == 1 and "reference FAIL" in proc.stdout
+    assert "first divergence: layer 'conv2d_3'" in proc.stdout
+
+
+def test_manifest_offsets(tiny_yolo_export):
+    from kerasfold.mps import mps_offset
+    layers = read_manifest(tiny_yolo_export)["layers"]
+    for e in layers:
+        assert e["offset"] == offset_for(e)
+    by_name = {e["name"]: e for e in layers}
+    assert by_name["conv2d_1"]["offset"] == {"x": 0, "y": 0}             # 3x3, pad 1: centred
+    assert by_name["conv2d_9"]["offset"] == {"x": 0, "y": 0}             # 1x1, no pad
+    assert by_name["max_pooling2d_1"]["offset"] == {"x": 1, "y": 1}      # 2x2 stride 2, pad 0
+    assert by_name["max_pooling2d_6"]["offset"] == {"x": 1, "y": 1}      # 2x2 stride 1, pad 0/1
+    assert mps_offset(3, 2, 1, 0) == 1 and mps_offset(1, 2, 1, 0) == 0 and mps_offset(4, 1, 1, 1) == 1
+
+
+def test_reference_offset_mode_agrees_with_pad_mode(tiny_yolo_export):
+    from kerasfold.exported import load_export
+    from kerasfold.reference import run
+    export_ = load_export(tiny_yolo_export)
+    x = np.random.default_rng(3).random((1, 416, 416, 3), dtype=np.float32)
+    a = run(export_, [x], padding="pad")
+    b = run(export_, [x], padding="offset")
+    np.testing.assert_array_equal(a["conv2d_9"], b["conv2d_9"])

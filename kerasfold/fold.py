@@ -5,14 +5,23 @@ BatchNormalization at inference: ``y = γ (x − μ) / √(σ² + ε) + β``, i.
     s = γ / √(σ² + ε)        t = β − μ s
 
 Folded into a producer ``x = W ∗ in + b``:  ``W' = W s`` (per output channel), ``b' = (b − μ) s + β``.
-Everything is computed in float64 and rounded to float32 once, so each folded value is within
-one float32 ulp of the exact result. Missing γ / β / b mean identity (1 / 0 / 0).
+Missing γ / β / b mean identity (1 / 0 / 0).
+
+Precision: weights are computed in float64 and rounded to float32 once, which is within one
+float32 ulp of the exact value (a product and a quotient do not cancel). Biases are sums that can
+cancel ((b − μ)s ≈ −β), where float64 alone is not enough; they are computed in float64 with a
+rigorous error bound, and the few channels where the bound straddles a float32 rounding boundary
+are recomputed in 60-digit decimal arithmetic: every bias is the correctly rounded exact value.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from decimal import Decimal, localcontext
+from typing import Callable
 
 import numpy as np
+
+_U = 2.0 ** -53          # float64 unit roundoff
 
 
 @dataclass(frozen=True)
@@ -32,10 +41,48 @@ class BNParams:
     def scale_shift(self) -> tuple[np.ndarray, np.ndarray]:
         """(s, t) in float64: ``y = s x + t`` per channel."""
         mean = self.mean.astype(np.float64)
-        gamma = np.ones_like(mean) if self.gamma is None else self.gamma.astype(np.float64)
-        beta = np.zeros_like(mean) if self.beta is None else self.beta.astype(np.float64)
-        s = gamma / np.sqrt(self.var.astype(np.float64) + np.float64(self.eps))
-        return s, beta - mean * s
+        s = self._gamma() / np.sqrt(self.var.astype(np.float64) + np.float64(self.eps))
+        return s, self._beta() - mean * s
+
+    def _gamma(self) -> np.ndarray:
+        return np.ones(self.channels) if self.gamma is None else self.gamma.astype(np.float64)
+
+    def _beta(self) -> np.ndarray:
+        return np.zeros(self.channels) if self.beta is None else self.beta.astype(np.float64)
+
+    def exact_scale(self, c: int) -> Decimal:
+        """s of channel ``c`` in decimal arithmetic (call inside a 60-digit context)."""
+        gamma = Decimal(1) if self.gamma is None else Decimal(float(self.gamma[c]))
+        return gamma / (Decimal(float(self.var[c])) + Decimal(float(self.eps))).sqrt()
+
+    def exact_beta(self, c: int) -> Decimal:
+        return Decimal(0) if self.beta is None else Decimal(float(self.beta[c]))
+
+
+def _to_float32(value: Decimal) -> np.float32:
+    """Round a decimal to the nearest float32 (ties to even), exactly: no double rounding."""
+    guess = np.float32(float(value))
+    if not np.isfinite(guess):
+        return guess
+    candidates = [np.nextafter(guess, np.float32(-np.inf)), guess, np.nextafter(guess, np.float32(np.inf))]
+    finite = [c for c in candidates if np.isfinite(c)]
+    return min(finite, key=lambda c: (abs(Decimal(float(c)) - value),
+                                      int(np.array(c, np.float32).view(np.uint32)) & 1))
+
+
+def correctly_rounded(approx: np.ndarray, bound: np.ndarray, exact: Callable[[int], Decimal]) -> np.ndarray:
+    """float32 of values known as ``approx`` ± ``bound`` (float64); where that interval rounds to
+    two float32 numbers, ``exact(i)`` (60-digit decimal) decides."""
+    out = approx.astype(np.float32)
+    lo = np.nextafter(approx - bound, -np.inf).astype(np.float32)
+    hi = np.nextafter(approx + bound, np.inf).astype(np.float32)
+    unsure = np.flatnonzero(lo != hi)
+    if unsure.size:
+        with localcontext() as ctx:
+            ctx.prec = 60
+            for i in unsure:
+                out[i] = _to_float32(exact(int(i)))
+    return out
 
 
 def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
@@ -54,14 +101,25 @@ def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     shape[channel_axis] = channels
     folded = kernel.astype(np.float64) * s.reshape(shape)
     b = np.zeros(channels) if bias is None else bias.astype(np.float64)
-    beta = np.zeros(channels) if bn.beta is None else bn.beta.astype(np.float64)
-    return folded.astype(np.float32), ((b - bn.mean.astype(np.float64)) * s + beta).astype(np.float32)
+    mean = bn.mean.astype(np.float64)
+    scaled = (b - mean) * s
+    approx = scaled + bn._beta()
+    bound = 8 * _U * (np.abs(scaled) + np.abs(bn._beta()))
+
+    def exact(c: int) -> Decimal:
+        b_c = Decimal(0) if bias is None else Decimal(float(bias[c]))
+        return (b_c - Decimal(float(bn.mean[c]))) * bn.exact_scale(c) + bn.exact_beta(c)
+    return folded.astype(np.float32), correctly_rounded(approx, bound, exact)
 
 
 def bn_as_scale_bias(bn: BNParams) -> tuple[np.ndarray, np.ndarray]:
     """A BatchNormalization on its own as float32 per-channel (scale, bias) = (s, t)."""
     s, t = bn.scale_shift()
-    return s.astype(np.float32), t.astype(np.float32)
+    bound = 8 * _U * (np.abs(bn.mean.astype(np.float64) * s) + np.abs(bn._beta()))
+
+    def exact(c: int) -> Decimal:
+        return bn.exact_beta(c) - Decimal(float(bn.mean[c])) * bn.exact_scale(c)
+    return s.astype(np.float32), correctly_rounded(t, bound, exact)
 
 
 def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
@@ -80,6 +138,19 @@ def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     shape = [1] * kernel.ndim
     shape[input_axis] = channels
     w = kernel.astype(np.float64)
-    shift = (w * t.reshape(shape)).reshape(-1, kernel.shape[-1]).sum(axis=0)
-    b = np.zeros(kernel.shape[-1]) if bias is None else bias.astype(np.float64)
-    return (w * s.reshape(shape)).astype(np.float32), (b + shift).astype(np.float32)
+    cout = kernel.shape[-1]
+    shift = (w * t.reshape(shape)).reshape(-1, cout).sum(axis=0)
+    b = np.zeros(cout) if bias is None else bias.astype(np.float64)
+    # each t[i] is within 4u·(|μ s| + |β|) of exact; a sum of n products adds (n + 2)u·Σ|terms|
+    terms = np.abs(w) * (np.abs(bn.mean.astype(np.float64) * s) + np.abs(bn._beta())).reshape(shape)
+    n = terms.size // cout
+    bound = (n + 8) * _U * 1.01 * (np.abs(b) + terms.reshape(-1, cout).sum(axis=0))
+    w_rows = np.moveaxis(kernel, input_axis, 0).reshape(channels, -1, cout)   # (in, other taps, out)
+
+    def exact(o: int) -> Decimal:
+        t_exact = [bn.exact_beta(i) - Decimal(float(bn.mean[i])) * bn.exact_scale(i) for i in range(channels)]
+        total = Decimal(0) if bias is None else Decimal(float(bias[o]))
+        for i in range(channels):
+            total += sum((Decimal(float(x)) for x in w_rows[i, :, o]), Decimal(0)) * t_exact[i]
+        return total
+    return (w * s.reshape(shape)).astype(np.float32), correctly_rounded(b + shift, bound, exact)

@@ -1,0 +1,61 @@
+"""The numpy reference executor against Keras' own CPU inference on tiny-yolo-voc 416×416.
+
+    python benchmarks/reference_speed.py [--runs N]
+
+Same process, same input (batch 1), median of N runs each, after one warm-up run.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+
+def median_seconds(fn, runs: int) -> float:
+    fn()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--runs", type=int, default=5)
+    args = p.parse_args()
+    import keras
+
+    from kerasfold.export import export
+    from kerasfold.exported import load_export
+    from kerasfold.reference import run
+    from models.tiny_yolo_voc import build_and_save
+    with tempfile.TemporaryDirectory() as tmp:
+        path = build_and_save(tmp, flavours=("keras3-h5",))["keras3-h5"]
+        export(path, Path(tmp) / "out")
+        exported = load_export(Path(tmp) / "out")
+        model = keras.models.load_model(path, compile=False)
+        x = np.random.default_rng(0).random((1, 416, 416, 3), dtype=np.float32)
+        rows = {
+            "reference executor, float32 (numpy)": lambda: run(exported, [x]),
+            "reference executor, float64 (numpy)": lambda: run(exported, [x], dtype="float64"),
+            "reference executor, MPS offsets": lambda: run(exported, [x], padding="offset"),
+            "Keras model(x), float32 (TensorFlow CPU)": lambda: model(x, training=False),
+        }
+        print(f"tiny-yolo-voc 416x416, batch 1, median of {args.runs}, {os.cpu_count()} CPUs")
+        for name, fn in rows.items():
+            print(f"{name:42} {median_seconds(fn, args.runs):7.3f} s")
+
+
+if __name__ == "__main__":
+    main()

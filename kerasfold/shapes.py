@@ -198,6 +198,8 @@ def _reshape(node: Node, shapes: list[Shape]) -> Shape:
 
 def _space_to_depth(node: Node, shapes: list[Shape]) -> Shape:
     h, w, c = shapes[0]
+    if (h is not None and h % 2) or (w is not None and w % 2):
+        raise ExportError(f"expected an even height and width for space_to_depth (block 2), received {h}x{w}")
     return (None if h is None else h // 2, None if w is None else w // 2, c * 4)
 
 

@@ -229,9 +229,11 @@ def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None
     notes: list[str] = []
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCES.get(export.manifest.get("dtype", "float32"), DEFAULT_TOLERANCE)
-    if input_size is not None:
-        for spec in export.manifest["inputs"]:
-            spec["shape"][:2] = list(input_size)
+    for spec in export.manifest["inputs"] if input_size is not None else []:
+        if list(spec["shape"][:2]) != list(input_size):     # pads in the manifest are for its size
+            raise ExportError(f"expected --input-size {spec['shape'][0]}x{spec['shape'][1]}, the size "
+                              f"the export was made for, received {input_size[0]}x{input_size[1]}; "
+                              "re-export with --input-size", file=str(out))
     xs = seeded_inputs(export, samples, seed)
     checks = []
     if use_keras:
@@ -267,7 +269,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=2, help="seeded inputs to compare (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed of the inputs (default 0)")
     p.add_argument("--input-size", type=parse_size, metavar="HxW",
-                   help="input height and width for models without a fixed input size")
+                   help="the input size the export was made for (checked against the manifest)")
     p.add_argument("--compute", choices=("float64", "float32"), default="float64",
                    help="precision every model runs in (default float64: measures the files, not "
                    "float32 arithmetic noise)")

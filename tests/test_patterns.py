@@ -242,3 +242,15 @@ def test_other_lambda_is_opaque_never_executed(tmp_path):
     entry = next(e for e in result.manifest["layers"] if e["name"] == "double")
     assert entry["type"] == "keras_layer" and entry["class_name"] == "Lambda"
     assert entry["config"]["function"] == "<bytecode>"                  # named, not copied
+
+
+def test_space_to_depth_needs_even_sizes():
+    """TensorFlow's space_to_depth rejects odd sizes; so does the shape rule (no silent rounding).
+    Keras cannot even build such a model, so the rule is exercised directly."""
+    from kerasfold.errors import ExportError
+    from kerasfold.graph import Node
+    from kerasfold.shapes import SHAPES
+    node = Node(name="s2d", kind="SpaceToDepth", config={"block_size": 2}, inputs=["x"])
+    assert SHAPES["SpaceToDepth"](node, [(6, 4, 3)]) == (3, 2, 12)
+    with pytest.raises(ExportError, match="even height and width.*5x4"):
+        SHAPES["SpaceToDepth"](node, [(5, 4, 3)])

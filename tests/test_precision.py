@@ -149,3 +149,10 @@ def test_reference_offset_mode_agrees_with_pad_mode(tiny_yolo_export):
     a = run(export_, [x], padding="pad")
     b = run(export_, [x], padding="offset")
     np.testing.assert_array_equal(a["conv2d_9"], b["conv2d_9"])
+
+
+def test_verify_input_size_must_match_the_export(tiny_yolo, tiny_yolo_export, capsys):
+    from kerasfold.verify import main
+    assert main([str(tiny_yolo["keras2-h5"]), str(tiny_yolo_export), "--input-size", "320x320"]) == 2
+    err = capsys.readouterr().err
+    assert "expected --input-size 416x416" in err and "received 320x320" in err

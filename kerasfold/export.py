@@ -48,7 +48,7 @@ class ExportResult:
         kinds = ", ".join(f"{n} {t}" for t, n in Counter(e["type"] for e in layers).items())
         folded = sum(len(e["folded"]) for e in layers)
         fused = sum(1 for e in layers if "weights" in e and e["activation"]["type"] != "linear")
-        size = sum(e[k]["shape"] and _nbytes(e[k]) for e in layers for k in ("weights", "bias") if k in e)
+        size = sum(_nbytes(e[k]) for e in layers for k in ("weights", "bias") if k in e)
         return (f"exported {len(layers)} layers ({kinds}); {folded} BatchNormalization folded, "
                 f"{fused} activations fused; {size / 1e6:.1f} MB to {self.out} in {self.seconds:.2f} s")
 

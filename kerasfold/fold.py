@@ -59,6 +59,14 @@ class BNParams:
         return Decimal(0) if self.beta is None else Decimal(float(self.beta[c]))
 
 
+def _channels(kernel: np.ndarray, axis: int, bn: BNParams, which: str) -> int:
+    channels = kernel.shape[axis]
+    if channels != bn.channels:
+        raise ValueError(f"expected {bn.channels} {which} channels on kernel axis {axis}, "
+                         f"received {channels} (kernel shape {kernel.shape})")
+    return channels
+
+
 def _to_float32(value: Decimal) -> np.float32:
     """Round a decimal to the nearest float32 (ties to even), exactly: no double rounding."""
     guess = np.float32(float(value))
@@ -92,10 +100,7 @@ def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     Returns float32 ``(kernel', bias')``: ``kernel' = kernel · s`` along ``channel_axis``,
     ``bias' = (bias − μ) · s + β``; ``bias`` None means a producer without bias (zeros).
     """
-    channels = kernel.shape[channel_axis]
-    if channels != bn.channels:
-        raise ValueError(f"expected {bn.channels} output channels on kernel axis {channel_axis}, "
-                         f"received {channels} (kernel shape {kernel.shape})")
+    channels = _channels(kernel, channel_axis, bn, "output")
     s, _ = bn.scale_shift()
     shape = [1] * kernel.ndim
     shape[channel_axis] = channels
@@ -130,10 +135,7 @@ def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     ``y = W ∗ (s x + t) + b = (W·s) ∗ x + (b + Σ W·t)``: ``kernel`` scaled along its input axis,
     ``bias' = bias + Σ_{all axes but the output} W[..., i, o] t[i]`` (output channel last).
     """
-    channels = kernel.shape[input_axis]
-    if channels != bn.channels:
-        raise ValueError(f"expected {bn.channels} input channels on kernel axis {input_axis}, "
-                         f"received {channels} (kernel shape {kernel.shape})")
+    channels = _channels(kernel, input_axis, bn, "input")
     s, t = bn.scale_shift()
     shape = [1] * kernel.ndim
     shape[input_axis] = channels

@@ -70,6 +70,10 @@ class Graph:
     def is_output(self, name: str) -> bool:
         return name in self.outputs
 
+    def is_shared(self, node: Node) -> bool:
+        """True when ``node``'s layer (its weights) is called elsewhere in the graph too."""
+        return any(n.layer == node.layer and n is not node for n in self.nodes.values())
+
     def sole_consumer(self, name: str) -> Node | None:
         """The one node reading ``name``, when ``name`` feeds exactly one node once and is not
         a model output; else None. This is the guard every vertical fusion needs."""

@@ -117,7 +117,7 @@ def _transpose(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
                                          padding="valid")
     y = layer(xs[0])
     layer.set_weights([weights, export.tensor(entry, "bias")])
-    return _lambda(_crop)({**entry, "crop": entry["crop"]}, [y], export)
+    return _lambda(_crop)(entry, [y], export)
 
 
 def _dense(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:

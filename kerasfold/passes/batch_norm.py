@@ -61,7 +61,7 @@ def _fold_guard(graph: Graph, bn: Node) -> Node | None:
     producer = graph[bn.inputs[0]]
     if producer.kind not in FOLD_TARGETS or producer.folded or not is_linear(producer.activation):
         return None
-    if any(n.layer == producer.layer and n is not producer for n in graph):
+    if graph.is_shared(producer):
         return None                             # shared weights: folding would change other calls
     if graph.sole_consumer(producer.name) is not bn:
         return None                             # the raw conv output is needed elsewhere
@@ -114,7 +114,7 @@ def fold_bn_into_consumers(graph: Graph) -> None:
         consumer = graph.sole_consumer(bn.name)
         if consumer is None or consumer.kind not in ("Conv2D", "Dense"):
             continue
-        if any(n.layer == consumer.layer and n is not consumer for n in graph):
+        if graph.is_shared(consumer):
             continue
         rank = len(bn.output_shape) + 1 if bn.output_shape else 4
         if not normalises_channels(bn, rank) or not _pads_nothing(graph, consumer):

@@ -149,8 +149,12 @@ def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     bound = (n + 8) * _U * 1.01 * (np.abs(b) + terms.reshape(-1, cout).sum(axis=0))
     w_rows = np.moveaxis(kernel, input_axis, 0).reshape(channels, -1, cout)   # (in, other taps, out)
 
+    t_exact: list[Decimal] = []                 # computed once, for the first unsure channel
+
     def exact(o: int) -> Decimal:
-        t_exact = [bn.exact_beta(i) - Decimal(float(bn.mean[i])) * bn.exact_scale(i) for i in range(channels)]
+        if not t_exact:
+            t_exact.extend(bn.exact_beta(i) - Decimal(float(bn.mean[i])) * bn.exact_scale(i)
+                           for i in range(channels))
         total = Decimal(0) if bias is None else Decimal(float(bias[o]))
         for i in range(channels):
             total += sum((Decimal(float(x)) for x in w_rows[i, :, o]), Decimal(0)) * t_exact[i]

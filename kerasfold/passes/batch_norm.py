@@ -47,8 +47,9 @@ def bn_params(bn: Node) -> BNParams:
                     eps=float(bn.config.get("epsilon", 1e-3)), gamma=w.get("gamma"), beta=w.get("beta"))
 
 
-def normalises_channels(bn: Node, rank: int) -> bool:
-    """True when the BN's axis is the last (channel) axis of a rank-``rank`` tensor (batch included)."""
+def normalises_channels(bn: Node) -> bool:
+    """True when the BN's axis is the last (channel) axis of its tensor (4-D when the shape is unknown)."""
+    rank = len(bn.output_shape) + 1 if bn.output_shape else 4      # batch axis included
     axis = bn.config.get("axis", -1)
     axes = axis if isinstance(axis, list) else [axis]
     return len(axes) == 1 and int(axes[0]) in (-1, rank - 1)
@@ -65,8 +66,7 @@ def _fold_guard(graph: Graph, bn: Node) -> Node | None:
         return None                             # shared weights: folding would change other calls
     if graph.sole_consumer(producer.name) is not bn:
         return None                             # the raw conv output is needed elsewhere
-    rank = len(producer.output_shape) + 1 if producer.output_shape else 4
-    return producer if normalises_channels(bn, rank) else None
+    return producer if normalises_channels(bn) else None
 
 
 def fold_bn_into_producers(graph: Graph) -> None:
@@ -116,8 +116,7 @@ def fold_bn_into_consumers(graph: Graph) -> None:
             continue
         if graph.is_shared(consumer):
             continue
-        rank = len(bn.output_shape) + 1 if bn.output_shape else 4
-        if not normalises_channels(bn, rank) or not _pads_nothing(graph, consumer):
+        if not normalises_channels(bn) or not _pads_nothing(graph, consumer):
             continue
         axis = 0 if consumer.kind == "Dense" else 2
         kernel, bias = fold_bn_forward(consumer.weights["kernel"], consumer.weights.get("bias"),
@@ -138,7 +137,7 @@ def normalization_to_scale_bias(graph: Graph) -> None:
         after:   x -> DepthwiseConv2D(1x1, s = 1 / max(√σ², 1e-7), bias = −μ s) -> y
     """
     for node in graph:
-        if node.kind != "Normalization" or not normalises_channels(node, len(node.output_shape or (0, 0, 0)) + 1):
+        if node.kind != "Normalization" or not normalises_channels(node):
             continue
         stats = node.weights if "mean" in node.weights else node.config       # adapted, or given
         channels = node.output_shape[-1] if node.output_shape else None
@@ -165,8 +164,7 @@ def bn_to_scale_bias(graph: Graph) -> None:
     for bn in graph:
         if bn.kind != "BatchNormalization":
             continue
-        rank = len(bn.output_shape) + 1 if bn.output_shape else 4
-        if not normalises_channels(bn, rank):
+        if not normalises_channels(bn):
             continue                            # stays a BatchNormalization; the emitter rejects it
         scale, shift = bn_as_scale_bias(bn_params(bn))
         _to_depthwise(bn, scale, shift, folded=[bn.layer])

@@ -1,9 +1,13 @@
-"""The one error type the command line turns into a one-line message and exit code 2."""
+"""Errors by type. The command lines map them to exit codes (``kerasfold.cli``):
+
+- :class:`ExportError` and its subclasses are bad input: exit 2, one line;
+- anything else raised inside kerasfold is a bug: exit 3 with the trace, never turned into exit 2.
+"""
 from __future__ import annotations
 
 
 class ExportError(Exception):
-    """Bad input: a file, a layer or an output directory the exporter cannot use.
+    """Bad input: a file, a layer or an output directory kerasfold cannot use.
 
     The message says what was expected and what was received; ``file`` and ``layer``
     locate it. ``str(err)`` is the one line a user sees.
@@ -28,3 +32,15 @@ class ExportError(Exception):
         self.file = self.file or file
         self.layer = self.layer or layer
         return self
+
+
+class ConfigError(ExportError):
+    """A layer config field of the wrong type, range or value (names the field)."""
+
+
+class UnsupportedLayer(ExportError):
+    """A layer (or an export entry) no registry has a rule for; the message lists what is supported."""
+
+
+class MissingDependency(ExportError):
+    """An optional package is not installed; the message says what to install."""

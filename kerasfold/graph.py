@@ -1,43 +1,34 @@
-"""The graph every pass works on: typed nodes (one per layer call), edges by node name.
+"""The graph every pass works on: typed operations (``kerasfold.ops``), one node per layer call,
+edges by node name, nodes in topological order.
 
-A node holds a Keras layer's class name, its config (as read, never executed), its weights
-by canonical variable name (``kernel``, ``bias``, ``gamma``, ...), and what passes add: the
-BatchNormalizations folded into it and the activation fused into it.
+A node holds its operation (weights inside, Keras layout), its output shape (batch axis dropped,
+channels last; None where unknown), where it came from (Keras layer and class), and what passes
+record: the BatchNormalizations folded into it and the nodes fused into it.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Iterator
 
-import numpy as np
+from .ops import Op
 
-Shape = tuple  # (H, W, C) or (N,) etc.; batch axis dropped; None where unknown
-
-LINEAR: dict[str, Any] = {"type": "linear"}
+Shape = tuple
 
 
 @dataclass
 class Node:
     name: str                      # unique in the graph; the Keras layer name for its first call
-    kind: str                      # Keras class name: "Conv2D", "BatchNormalization", ...
-    config: dict[str, Any]         # the layer's config as read from the file
-    inputs: list[str]              # names of the nodes whose outputs this node consumes, in order
-    weights: dict[str, np.ndarray] = field(default_factory=dict)
-    layer: str = ""                # Keras layer name (shared by every call of one layer)
-    folded: list[str] = field(default_factory=list)   # BatchNormalization layers folded in
-    activation: dict[str, Any] = field(default_factory=lambda: dict(LINEAR))
-    output_shape: Shape | None = None
-    constants: list[tuple[int, float]] = field(default_factory=list)   # (argument position, scalar)
-    origin: str = ""               # the Keras class a pass rewrote this node from ("" when none)
+    op: Op
+    inputs: list[str]              # node or model-input names, in argument order
+    shape: Shape | None            # output shape
+    layer: str = ""                # Keras layer (path) shared by every call of one layer
+    keras_class: str = ""          # the Keras class this node came from
+    folded: list[str] = field(default_factory=list)    # BatchNormalization layers folded in
     absorbed: list[str] = field(default_factory=list)  # nodes fused into this one, in order
     synthetic: bool = False        # made by a pass (a separable's depthwise half): no Keras twin
 
     def __post_init__(self) -> None:
         self.layer = self.layer or self.name
-
-    @property
-    def is_input(self) -> bool:
-        return self.kind == "InputLayer"
 
 
 @dataclass
@@ -50,10 +41,11 @@ class SourceInfo:
 
 @dataclass
 class Graph:
-    """Nodes in topological order; ``inputs``/``outputs`` name nodes."""
+    """``inputs``: model input name -> shape; ``nodes`` in topological order; ``outputs`` name nodes
+    (or inputs)."""
 
+    inputs: dict[str, Shape]
     nodes: dict[str, Node]
-    inputs: list[str]
     outputs: list[str]
     source: SourceInfo
 
@@ -62,6 +54,10 @@ class Graph:
 
     def __getitem__(self, name: str) -> Node:
         return self.nodes[name]
+
+    def shape(self, name: str) -> Shape | None:
+        """Output shape of a node or a model input."""
+        return self.inputs[name] if name in self.inputs else self.nodes[name].shape
 
     def consumers(self, name: str) -> list[Node]:
         """Nodes that read ``name``'s output (a node reading it twice is listed once)."""
@@ -83,6 +79,12 @@ class Graph:
         if len(users) != 1 or users[0].inputs.count(name) != 1:
             return None
         return users[0]
+
+    def producer(self, node: Node) -> Node | None:
+        """The node computing ``node``'s single input (None for a model input or several inputs)."""
+        if len(node.inputs) != 1 or node.inputs[0] not in self.nodes:
+            return None
+        return self.nodes[node.inputs[0]]
 
     def bypass(self, name: str) -> None:
         """Remove a single-input node, connecting its consumers (and outputs) to its input."""

@@ -5,7 +5,7 @@ import argparse
 import sys
 
 from .cli import EXIT_OK, EXIT_PARITY, parse_size, run
-from .export import DTYPES, ExportOptions, export
+from .pipeline import DTYPES, ExportOptions, export
 
 PROG = "kerasfold"
 

@@ -1,30 +1,31 @@
-"""Graph rewrites, run in order. Each pass matches its pattern, checks its guards and only then
-rewrites; a failed guard leaves the layers as they are (it is not an error)."""
+"""Graph rewrites on typed operations, run as one ordered list. Each pass matches its pattern,
+checks its guards and only then rewrites; a failed guard leaves the nodes as they are (it is not
+an error). Every rewrite keeps each surviving node's output shape, so shapes stay correct."""
 from __future__ import annotations
 
 from typing import Callable
 
 from ..graph import Graph
-from .activations import fuse_activations, own_activations
+from .activations import fuse_activations
 from .batch_norm import (bn_to_scale_bias, fold_bn_into_consumers, fold_bn_into_producers,
                          normalization_to_scale_bias)
 from .identities import drop_identities
 from .separable import split_separable
 
-PASSES: list[Callable[[Graph], None]] = [
-    split_separable,          # SeparableConv2D  =>  DepthwiseConv2D -> Conv2D 1x1
-    own_activations,          # Conv2D(activation="relu") -> node.activation
-    drop_identities,          # Dropout & co. are identities at inference
-    fold_bn_into_producers,   # Conv2D -> BN  =>  Conv2D'
-    fold_bn_into_consumers,   # BN -> Conv2D(pads nothing)  =>  Conv2D'
-    bn_to_scale_bias,         # any BN left  =>  1x1 depthwise (per-channel scale/bias)
+Pass = Callable[[Graph], None]
+
+PASSES: list[Pass] = [
+    split_separable,              # SeparableConv2D  =>  DepthwiseConv2D -> Conv2D 1x1
+    drop_identities,              # Dropout & co. are identities at inference
+    fold_bn_into_producers,       # Conv2D -> BN  =>  Conv2D'
+    fold_bn_into_consumers,       # BN -> Conv2D(pads nothing)  =>  Conv2D'
+    bn_to_scale_bias,             # any BN left  =>  1x1 depthwise (per-channel scale/bias)
     normalization_to_scale_bias,  # Normalization (input)  =>  1x1 depthwise
-    fuse_activations,         # Conv2D' -> LeakyReLU  =>  Conv2D'(activation=leaky_relu)
+    fuse_activations,             # Conv2D' -> LeakyReLU  =>  Conv2D'(activation=leaky_relu)
 ]
 
-
-# Without folding (a reference for checks): BN stays a per-channel entry, activations stay layers.
-FOLDS = (fold_bn_into_producers, fold_bn_into_consumers, fuse_activations)
+# Without folding (the verifier's reference): BN stays a per-channel entry, activations stay layers.
+FOLDS: tuple[Pass, ...] = (fold_bn_into_producers, fold_bn_into_consumers, fuse_activations)
 
 
 def run_passes(graph: Graph, fold: bool = True) -> Graph:

@@ -16,9 +16,10 @@ import h5py
 import numpy as np
 
 from ..errors import ExportError
-from ..graph import Graph, Node, SourceInfo
-from .config import MODEL_CLASSES, parse_model_config
-from .variables import canonical_name, ordered_names
+from ..graph import SourceInfo
+from .layers import Layer as Node, Model
+from .config import MODEL_CLASSES, class_of, name_of, parse_model_config
+from .variables import canonical_name
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
@@ -34,6 +35,13 @@ def _sha256(path: Path) -> str:
 
 def _text(value: Any) -> str:
     return value.decode("utf-8") if isinstance(value, bytes) else str(value)
+
+
+def _json(raw: Any, what: str) -> Any:
+    try:
+        return json.loads(_text(raw))
+    except (UnicodeDecodeError, ValueError, RecursionError) as err:
+        raise ExportError(f"expected {what} as JSON, received invalid JSON ({type(err).__name__})") from None
 
 
 def _check_arrays(nodes: list[Node]) -> None:
@@ -58,6 +66,9 @@ def _legacy_weights(f: h5py.File, nodes: list[Node]) -> None:
             parts = stored.split("/")
             if inner and (len(parts) < 2 or parts[-2] != inner[-1]):
                 continue
+            if stored not in group:
+                raise ExportError(f"expected dataset '{stored}' named in weight_names, received none",
+                                  layer=n.name)
             n.weights[canonical_name(n.kind, stored)] = np.asarray(group[stored][()])
     _share_weights(nodes)
 
@@ -89,11 +100,11 @@ def _keras_group_paths(config: Any, group: str = "layers", scope: str = "") -> d
     layers = inner.get("layers", []) if isinstance(inner, dict) else inner
     used: dict[str, int] = {}
     paths = {}
-    for spec in layers:
-        base = _snake(spec["class_name"])
+    for spec in layers if isinstance(layers, list) else []:
+        base = _snake(class_of(spec))
         used[base] = used.get(base, -1) + 1
         path = f"{group}/{base}" + (f"_{used[base]}" if used[base] else "")
-        name = scope + (spec.get("name") or spec["config"]["name"])
+        name = scope + name_of(spec)
         paths[name] = path
         if spec["class_name"] in MODEL_CLASSES:
             paths.update(_keras_group_paths(spec, path + "/layers", name + "/"))
@@ -110,9 +121,13 @@ def _keras_weights(f: h5py.File, nodes: list[Node], config: Any) -> None:
         if n.layer != n.name or n.layer not in by_layer:
             continue
         group = by_layer[n.layer]
+        if any(str(i) not in group for i in range(len(group))):
+            raise ExportError(f"expected variables 0..{len(group) - 1}, received {sorted(group)[:5]}",
+                              layer=n.name)
         arrays = [np.asarray(group[str(i)][()]) for i in range(len(group))]
+        from ..kinds import variable_names             # the kinds know each class's creation order
         try:
-            names = ordered_names(n.kind, n.config, len(arrays))
+            names = variable_names(n.kind, n.config, len(arrays), n.layer)
         except ExportError as err:
             raise err.at(layer=n.name)
         n.weights = dict(zip(names, arrays))
@@ -131,7 +146,7 @@ def _read_h5(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str
         if "model_config" not in f.attrs:
             raise ExportError("expected a whole model (attribute 'model_config'), received a "
                               "weights-only file; save it with model.save(), not save_weights()")
-        config = json.loads(_text(f.attrs["model_config"]))
+        config = _json(f.attrs["model_config"], "model_config")
         version = _text(f.attrs.get("keras_version", f["model_weights"].attrs.get("keras_version", "")
                                     if "model_weights" in f else ""))
         nodes, ins, outs = parse_model_config(config)
@@ -147,8 +162,10 @@ def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[
             if needed not in names:
                 raise ExportError(f"expected a .keras archive with {needed}, received a zip "
                                   f"holding {sorted(names)[:5]}")
-        config = json.loads(z.read("config.json"))
-        meta = json.loads(z.read("metadata.json")) if "metadata.json" in names else {}
+        config = _json(z.read("config.json"), "config.json")
+        meta = _json(z.read("metadata.json"), "metadata.json") if "metadata.json" in names else {}
+        if not isinstance(meta, dict):
+            raise ExportError(f"expected metadata.json as an object, received {type(meta).__name__}")
         weights = z.read("model.weights.h5")
     nodes, ins, outs = parse_model_config(config)
     with h5py.File(io.BytesIO(weights), "r") as f:
@@ -156,8 +173,8 @@ def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[
     return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs
 
 
-def read_model(path: str | Path) -> Graph:
-    """Read a Keras model file into a :class:`Graph`. Raises :class:`ExportError` on bad input."""
+def read_model(path: str | Path) -> Model:
+    """Read a Keras model file into a :class:`Model` of layer calls. Raises :class:`ExportError` on bad input."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -177,13 +194,8 @@ def read_model(path: str | Path) -> Graph:
         except (OSError, zipfile.BadZipFile, EOFError) as err:
             raise ExportError(f"expected a readable model file, received a damaged or truncated "
                               f"one ({type(err).__name__}: {err})") from err
-        except (ValueError, TypeError, IndexError, KeyError) as err:
-            if isinstance(err, json.JSONDecodeError):
-                raise ExportError(f"expected model_config as JSON, received invalid JSON ({err})") from err
-            raise ExportError(f"expected a Keras model config, received one that does not parse "
-                              f"({type(err).__name__}: {err})") from err
         _check_arrays(nodes)
     except ExportError as err:
         raise err.at(file=str(path))
     source = SourceInfo(file=path.name, sha256=_sha256(path), keras_version=version, flavour=flavour)
-    return Graph(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source)
+    return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source)

@@ -11,9 +11,46 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from ..errors import ExportError
-from ..graph import Node
+from .layers import Layer as Node
 
 MODEL_CLASSES = ("Functional", "Model", "Sequential")
+
+
+MAX_DEPTH = 32                                  # nested models deeper than this are refused
+
+
+def _obj(value: Any, what: str, layer: str | None = None) -> dict:
+    if not isinstance(value, dict):
+        raise ExportError(f"expected {what} as an object, received {type(value).__name__}", layer=layer)
+    return value
+
+
+def _list(value: Any, what: str, layer: str | None = None) -> list:
+    if not isinstance(value, list):
+        raise ExportError(f"expected {what} as a list, received {type(value).__name__}", layer=layer)
+    return value
+
+
+def class_of(spec: Any) -> str:
+    kind = _obj(spec, "a layer").get("class_name")
+    if not isinstance(kind, str) or not kind:
+        raise ExportError(f"expected a layer's class_name as a string, received {kind!r}"[:120])
+    return kind
+
+
+def name_of(spec: Any) -> str:
+    """A layer's name: ``spec["name"]`` (Keras 3) or ``spec["config"]["name"]``."""
+    name = _obj(spec, "a layer").get("name") or _obj(spec.get("config"), "a layer config").get("name")
+    if not isinstance(name, str) or not name:
+        raise ExportError(f"expected a layer name as a non-empty string, received {name!r}"[:120])
+    return name
+
+
+def _ref(h: Any, layer: str | None) -> tuple[str, int, int]:
+    if not (isinstance(h, (list, tuple)) and len(h) >= 3 and isinstance(h[0], str)
+            and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in h[1:3])):
+        raise ExportError(f"expected a tensor reference [layer, node, tensor], received {h!r}"[:120], layer=layer)
+    return (h[0], int(h[1]), int(h[2]))
 
 
 def node_name(layer: str, call: int) -> str:
@@ -24,7 +61,7 @@ def _keras3_history(obj: Any) -> Iterable[list]:
     """Every ``keras_history`` in a Keras 3 call's args/kwargs, in order."""
     if isinstance(obj, dict):
         if obj.get("class_name") == "__keras_tensor__":
-            yield obj["config"]["keras_history"]
+            yield _obj(obj.get("config"), "a __keras_tensor__ config").get("keras_history")
             return
         for value in obj.values():
             yield from _keras3_history(value)
@@ -40,16 +77,16 @@ def _call_refs(call: Any, layer: str) -> list[Ref]:
     if isinstance(call, dict):                      # Keras 3
         history = list(_keras3_history([call.get("args", []), call.get("kwargs", {})]))
     elif isinstance(call, list):                    # Keras 2
-        history = call
+        history = [h[:3] if isinstance(h, list) else h for h in call]
     else:
         raise ExportError(f"expected inbound nodes as a list or dict, received {type(call).__name__}",
                           layer=layer)
-    return [(str(h[0]), int(h[1]), int(h[2])) for h in history]
+    return [_ref(h, layer) for h in history]
 
 
 def _call_constants(call: Any) -> list[tuple[int, float]]:
     """Scalar arguments of a Keras 3 op recorded as a node (``x + 3.0``): (position, value)."""
-    if not isinstance(call, dict):
+    if not isinstance(call, dict) or not isinstance(call.get("args", []), list):
         return []
     return [(i, float(a)) for i, a in enumerate(call.get("args", []))
             if isinstance(a, (int, float)) and not isinstance(a, bool)]
@@ -57,14 +94,22 @@ def _call_constants(call: Any) -> list[tuple[int, float]]:
 
 def _refs(refs: Any) -> list[Ref]:
     """``input_layers`` / ``output_layers``: ``[[name, node, tensor], ...]`` or one ``[name, node, tensor]``."""
+    refs = _list(refs, "input_layers/output_layers")
     if refs and isinstance(refs[0], str):
         refs = [refs]
-    return [(str(r[0]), int(r[1]), int(r[2])) for r in refs]
+    return [_ref(r, None) for r in refs]
 
 
-def input_shape(config: dict[str, Any]) -> tuple | None:
+def input_shape(config: Any) -> tuple | None:
+    if not isinstance(config, dict):
+        return None
     shape = config.get("batch_shape") or config.get("batch_input_shape")
-    return tuple(shape[1:]) if shape else None
+    if not shape:
+        return None
+    if not isinstance(shape, list) or not all(d is None or (isinstance(d, int) and not isinstance(d, bool)
+                                                             and d >= 1) for d in shape[1:]):
+        raise ExportError(f"expected an input shape of positive sizes, received {shape!r}"[:120])
+    return tuple(shape[1:])
 
 
 def _input_node(name: str, shape: tuple | None, layer: str) -> Node:
@@ -80,27 +125,27 @@ class _Model:
     outputs: list[str]
 
 
-def _sequential(layers: list[dict[str, Any]], prefix: str, scope: str) -> _Model:
+def _sequential(layers: Any, prefix: str, scope: str, depth: int) -> _Model:
     nodes: list[Node] = []
-    if not layers:
+    if not _list(layers, "a Sequential model's layers"):
         raise ExportError("expected a Sequential model with layers, received none")
     first = layers[0]
-    if first["class_name"] != "InputLayer":
-        name = f"{first['config']['name']}_input"
-        nodes.append(_input_node(prefix + name, input_shape(first["config"]), scope + name))
+    if class_of(first) != "InputLayer":
+        name = f"{name_of(first)}_input"
+        nodes.append(_input_node(prefix + name, input_shape(first.get("config")), scope + name))
     for spec in layers:
-        name = spec["config"]["name"]
-        if spec["class_name"] == "InputLayer":
-            nodes.append(_input_node(prefix + name, input_shape(spec["config"]), scope + name))
+        name = name_of(spec)
+        if class_of(spec) == "InputLayer":
+            nodes.append(_input_node(prefix + name, input_shape(spec.get("config")), scope + name))
             continue
         if spec["class_name"] in MODEL_CLASSES:
-            sub = _model(spec, prefix + name + "/", scope + name + "/")
+            sub = _model(spec, prefix + name + "/", scope + name + "/", depth + 1)
             _bind(sub, [nodes[-1].name])
             nodes += [n for n in sub.nodes if not n.is_input]
             nodes.append(Node(name=prefix + name, kind="Identity", config={"name": name},
                               inputs=[sub.outputs[0]], layer=scope + name))   # removed by a pass
             continue
-        nodes.append(Node(name=prefix + name, kind=spec["class_name"], config=spec["config"],
+        nodes.append(Node(name=prefix + name, kind=spec["class_name"], config=spec.get("config"),
                           inputs=[nodes[-1].name], layer=scope + name))
     return _Model(nodes, [nodes[0].name], [nodes[-1].name])
 
@@ -119,26 +164,29 @@ def _skips_first_node(spec: dict[str, Any], keras2: bool) -> bool:
     """Keras 2 numbers a nested Functional's calls from 1 (node 0 is its own Input -> output node)."""
     if not keras2:
         return False
-    layers = spec["config"]["layers"] if isinstance(spec["config"], dict) else spec["config"]
-    return bool(layers) and (layers[0]["class_name"] == "InputLayer"
-                             or input_shape(layers[0].get("config", {})) is not None)
+    config = spec.get("config")
+    layers = config.get("layers") if isinstance(config, dict) else config
+    return isinstance(layers, list) and bool(layers) and (class_of(layers[0]) == "InputLayer"
+                                                          or input_shape(layers[0].get("config")) is not None)
 
 
-def _functional(config: dict[str, Any], prefix: str, scope: str) -> _Model:
-    specs = config["layers"]
+def _functional(config: dict[str, Any], prefix: str, scope: str, depth: int) -> _Model:
+    specs = _list(config.get("layers"), "a Functional model's layers")
+    for spec in specs:
+        class_of(spec)
     keras2 = any(isinstance(s.get("inbound_nodes"), list) and s["inbound_nodes"]
                  and isinstance(s["inbound_nodes"][0], list) for s in specs)
     resolve: dict[Ref, str] = {}
     pending: list[tuple[list[Node], list[Ref], _Model | None]] = []
     nodes: list[Node] = []
     for spec in specs:
-        layer = spec.get("name") or spec["config"]["name"]
+        layer = name_of(spec)
         if spec["class_name"] == "InputLayer":
-            node = _input_node(prefix + layer, input_shape(spec["config"]), scope + layer)
+            node = _input_node(prefix + layer, input_shape(spec.get("config")), scope + layer)
             nodes.append(node)
             resolve[(layer, 0, 0)] = node.name
             continue
-        calls = spec.get("inbound_nodes") or []
+        calls = _list(spec.get("inbound_nodes") or [], "inbound_nodes", prefix + layer)
         if not calls:
             raise ExportError("expected the layer to be called in the model, received no inbound "
                               "nodes", layer=prefix + layer)
@@ -147,12 +195,12 @@ def _functional(config: dict[str, Any], prefix: str, scope: str) -> _Model:
             name = prefix + node_name(layer, k)
             refs = _call_refs(call, name)
             if spec["class_name"] in MODEL_CLASSES:
-                sub = _model(spec, name + "/", scope + layer + "/")
+                sub = _model(spec, name + "/", scope + layer + "/", depth + 1)
                 for t, out in enumerate(sub.outputs):
                     resolve[(layer, k + offset, t)] = out
                 pending.append(([], refs, sub))
                 continue
-            node = Node(name=name, kind=spec["class_name"], config=spec["config"], inputs=[],
+            node = Node(name=name, kind=spec["class_name"], config=spec.get("config"), inputs=[],
                         layer=scope + layer, constants=_call_constants(call))
             resolve[(layer, k, 0)] = name
             pending.append(([node], refs, None))
@@ -170,23 +218,32 @@ def _functional(config: dict[str, Any], prefix: str, scope: str) -> _Model:
         else:
             _bind(sub, names)
             nodes += [n for n in sub.nodes if not n.is_input]
-    return _Model(nodes, [resolve[r] for r in _refs(config["input_layers"])],
-                  [resolve[r] for r in _refs(config["output_layers"])])
+    ends = []
+    for key in ("input_layers", "output_layers"):
+        refs = _refs(config.get(key))
+        missing = [list(r) for r in refs if r not in resolve]
+        if missing or not refs:
+            raise ExportError(f"expected {key} naming tensors of the model, received {missing or refs}"[:160])
+        ends.append([resolve[r] for r in refs])
+    return _Model(nodes, ends[0], ends[1])
 
 
-def _model(spec: Any, prefix: str = "", scope: str = "") -> _Model:
+def _model(spec: Any, prefix: str = "", scope: str = "", depth: int = 0) -> _Model:
+    if depth > MAX_DEPTH:
+        raise ExportError(f"expected models nested at most {MAX_DEPTH} deep, received deeper nesting")
     if isinstance(spec, list):                      # Keras 1/2.0 Sequential: a bare layer list
-        return _sequential(spec, prefix, scope)
+        return _sequential(spec, prefix, scope, depth)
     if not isinstance(spec, dict) or "class_name" not in spec:
         raise ExportError(f"expected model_config to describe a model, received {type(spec).__name__}")
     kind, config = spec["class_name"], spec.get("config", {})
     if kind not in MODEL_CLASSES:
         raise ExportError(f"expected a Functional or Sequential model, received '{kind}'")
     if isinstance(config, list):
-        return _sequential(config, prefix, scope)
+        return _sequential(config, prefix, scope, depth)
+    config = _obj(config, f"the {kind} config")
     if kind == "Sequential":
-        return _sequential(config.get("layers", []), prefix, scope)
-    return _functional(config, prefix, scope)
+        return _sequential(config.get("layers", []), prefix, scope, depth)
+    return _functional(config, prefix, scope, depth)
 
 
 def topological(nodes: list[Node]) -> list[Node]:

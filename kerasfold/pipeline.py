@@ -1,4 +1,6 @@
-"""The export path, one way: file -> graph -> checks -> passes -> entries -> files.
+"""The one path from a model file to a target, shared by export and verify:
+
+    read_model (readers/) -> lower (kinds/) -> run_passes (passes/) -> emit + write (targets/mps)
 
 numpy and h5py only; nothing here imports TensorFlow or Keras.
 """
@@ -10,16 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .emit import emit
 from .errors import ExportError
 from .graph import Graph
+from .kinds import lower
 from .passes import run_passes
-from .precision import HalfStats, half_stats
-from .passes.lambdas import recognise_lambdas
 from .readers import read_model
-from .shapes import infer_shapes
-from .validate import check_graph
-from .writer import write_export
+from .targets.mps.entries import emit
+from .targets.mps.float16 import HalfStats
+from .targets.mps.writer import write_export
 
 DTYPES = ("float32", "float16")
 
@@ -60,29 +60,12 @@ def _nbytes(info: dict[str, Any]) -> int:
     return count * (2 if info["dtype"] == "float16" else 4)
 
 
-def apply_input_size(graph: Graph, size: tuple[int, int] | None) -> None:
-    for name in graph.inputs:
-        node = graph[name]
-        shape = node.output_shape
-        if shape is None:
-            raise ExportError("expected the input's shape in the model config, received none",
-                              layer=name, file=graph.source.file)
-        if size is not None and len(shape) == 3:
-            if any(s is not None and s != t for s, t in zip(shape[:2], size)):
-                raise ExportError(f"expected --input-size to match the model's input {shape[:2]}, "
-                                  f"received {size}", layer=name)
-            node.output_shape = (size[0], size[1], shape[2])
-
-
-def prepare(model: str | Path, options: ExportOptions = ExportOptions()) -> Graph:
-    """Read, check and rewrite a model: the folded graph, ready to emit."""
-    graph = read_model(model)
+def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int] | None = None) -> Graph:
+    """Read, lower and rewrite a model: the graph of typed operations every target starts from.
+    ``fold=False`` keeps BatchNormalization (as a per-channel scale/bias) and activations apart."""
+    raw = read_model(model)
     try:
-        apply_input_size(graph, options.input_size)
-        recognise_lambdas(graph)
-        infer_shapes(graph)
-        check_graph(graph)
-        return run_passes(graph, fold=options.fold)
+        return run_passes(lower(raw, input_size), fold=fold)
     except ExportError as err:
         raise err.at(file=str(model))
 
@@ -92,13 +75,11 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
-    graph = prepare(model, options)
+    graph = prepare(model, fold=options.fold, input_size=options.input_size)
     try:
-        entries = emit(graph)
-        half = half_stats(entries) if options.dtype == "float16" else []
-        for entry, stats in zip((e for e in entries if "weights" in e.tensors), half):
-            entry.meta["float16"] = {"flushed_to_zero": stats.flushed, "subnormal": stats.subnormal}
+        entries = emit(graph, options.dtype)
     except ExportError as err:
         raise err.at(file=str(model))
     manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names)
+    half = [e.half for e in entries if e.half is not None]
     return ExportResult(out=Path(out), manifest=manifest, seconds=time.perf_counter() - start, half=half)

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .emit import Entry
-from .errors import ExportError
+from ...errors import ExportError
 
 HALF_MAX = float(np.finfo(np.float16).max)          # 65504
 HALF_TINY = float(np.finfo(np.float16).tiny)        # 2^-14, smallest normal
@@ -30,22 +29,14 @@ class HalfStats:
                 f"zero and {self.subnormal} are subnormal")
 
 
-def half_stats(entries: list[Entry]) -> list[HalfStats]:
-    """Check every entry's weights for float16; raise on overflow, count what underflows."""
-    stats = []
-    for e in entries:
-        tensor = e.tensors.get("weights")
-        if tensor is None:
-            continue
-        w = tensor.array
-        largest = float(np.max(np.abs(w))) if w.size else 0.0
-        if largest > HALF_MAX:
-            raise ExportError(f"expected folded weights within float16's range (|w| <= {HALF_MAX:g}), "
-                              f"received largest |w| = {largest:.6g}; export as float32 or check the "
-                              "BatchNormalization variance", layer=e.name)
-        half = w.astype(np.float16)
-        nonzero = w != 0
-        flushed = int(np.count_nonzero(nonzero & (half == 0)))
-        subnormal = int(np.count_nonzero((half != 0) & (np.abs(half) < HALF_TINY)))
-        stats.append(HalfStats(e.name, int(w.size), flushed, subnormal))
-    return stats
+def half_stats(layer: str, w: np.ndarray) -> HalfStats:
+    """One layer's weights in float16: raise on overflow, count what underflows."""
+    largest = float(np.max(np.abs(w))) if w.size else 0.0
+    if largest > HALF_MAX:
+        raise ExportError(f"expected folded weights within float16's range (|w| <= {HALF_MAX:g}), "
+                          f"received largest |w| = {largest:.6g}; export as float32 or check the "
+                          "BatchNormalization variance", layer=layer)
+    half = w.astype(np.float16)
+    flushed = int(np.count_nonzero((w != 0) & (half == 0)))
+    subnormal = int(np.count_nonzero((half != 0) & (np.abs(half) < HALF_TINY)))
+    return HalfStats(layer, int(w.size), flushed, subnormal)

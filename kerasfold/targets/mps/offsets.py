@@ -49,7 +49,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import ExportError
+from ...errors import ExportError
 
 
 def effective_kernel(kernel: int, dilation: int = 1) -> int:

@@ -9,11 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from . import FORMAT_NAME, FORMAT_VERSION, __version__
+from ... import FORMAT_NAME, FORMAT_VERSION, __version__
+from ...errors import ExportError
+from ...graph import Graph
 from .atomic import staged_directory
-from .emit import Entry
-from .errors import ExportError
-from .graph import Graph
+from .entries import Entry
 
 MANIFEST = "manifest.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -63,7 +63,7 @@ def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> di
         "generator": f"kerasfold {__version__}",
         "source": {"file": src.file, "sha256": src.sha256, "keras_version": src.keras_version,
                    "flavour": src.flavour},
-        "inputs": [{"name": n, "shape": list(graph[n].output_shape or [])} for n in graph.inputs],
+        "inputs": [{"name": n, "shape": list(shape or [])} for n, shape in graph.inputs.items()],
         "outputs": list(graph.outputs),
         "layers": layers,
     }

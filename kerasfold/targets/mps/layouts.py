@@ -1,6 +1,8 @@
-"""Keras kernel order -> device order, one named function per layer kind, and its inverse.
+"""Keras kernel order -> MPS order and back, one named pair per operation class.
 
-Shapes in the comments; every forward function asserts the shape it produces.
+Shapes in the comments; every forward function asserts the shape it produces. The inverse is
+found by operation class, never by the layout label (``conv2d`` and ``conv2d_transpose`` both
+say "OHWI" with different inverses).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ def conv2d_hwio(weights: np.ndarray) -> np.ndarray:
 
 
 def depthwise_ohw(kernel: np.ndarray) -> np.ndarray:
-    """DepthwiseConv2D: (kh, kw, C, M) -> (C·M, kh, kw), output channel o = c·M + m
+    """DepthwiseConv2D: (kh, kw, C, M) -> (C*M, kh, kw), output channel o = c*M + m
     (MPS's [in][multiplier][kh][kw])."""
     kh, kw, c, m = kernel.shape
     out = np.ascontiguousarray(kernel.transpose(2, 3, 0, 1).reshape(c * m, kh, kw))
@@ -30,7 +32,7 @@ def depthwise_ohw(kernel: np.ndarray) -> np.ndarray:
 
 
 def depthwise_hwcm(weights: np.ndarray, multiplier: int) -> np.ndarray:
-    """Inverse of :func:`depthwise_ohw`: (C·M, kh, kw) -> (kh, kw, C, M)."""
+    """Inverse of :func:`depthwise_ohw`: (C*M, kh, kw) -> (kh, kw, C, M)."""
     cm, kh, kw = weights.shape
     return np.ascontiguousarray(weights.reshape(cm // multiplier, multiplier, kh, kw).transpose(2, 3, 0, 1))
 
@@ -57,12 +59,6 @@ def dense_oi(kernel: np.ndarray) -> np.ndarray:
     return out
 
 
-# layout name -> (device -> Keras) for readers of an export; ``extra`` carries what the shape lacks.
-def to_keras(layout: str, weights: np.ndarray, **extra: int) -> np.ndarray:
-    if layout == "OHWI":
-        return conv2d_hwio(weights)
-    if layout == "OI":
-        return np.ascontiguousarray(weights.T)
-    if layout == "OHW":
-        return depthwise_hwcm(weights, extra.get("depth_multiplier", 1))
-    raise ValueError(f"expected a layout in (OHWI, OHW, OI), received {layout!r}")
+def dense_io(weights: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`dense_oi`: (out, in) -> (in, out)."""
+    return np.ascontiguousarray(weights.T)

@@ -18,8 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
 def main() -> None:
-    from kerasfold.export import export
-    from kerasfold.keras_env import with_dtype
+    from kerasfold.pipeline import export
+    from kerasfold.verify.keras_env import with_dtype
     from kerasfold.verify import verify_export
     from models.applications import ILL_CONDITIONED, PROVEN, build
 

@@ -36,9 +36,9 @@ def main() -> None:
     args = p.parse_args()
     import keras
 
-    from kerasfold.export import export
-    from kerasfold.exported import load_export
-    from kerasfold.reference import run
+    from kerasfold.pipeline import export
+    from kerasfold.targets.mps.read import load_export
+    from kerasfold.verify.reference import run
     from models.tiny_yolo_voc import build_and_save
     with tempfile.TemporaryDirectory() as tmp:
         path = build_and_save(tmp, flavours=("keras3-h5",))["keras3-h5"]

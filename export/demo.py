@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from kerasfold.export import export
+from kerasfold.pipeline import export
 from kerasfold.verify import verify_export
 
 

@@ -89,7 +89,7 @@ def small_model(tmp_path_factory):
 @pytest.fixture(scope="session")
 def small_export(small_model, tmp_path_factory):
     """A small conv -> BN -> LeakyReLU -> conv network exported once (read-only): its OUT."""
-    from kerasfold.export import export
+    from kerasfold.pipeline import export
     from models.small import conv_bn_act
     _, path = small_model(conv_bn_act)
     out = tmp_path_factory.mktemp("small-export") / "out"

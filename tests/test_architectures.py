@@ -1,7 +1,7 @@
 """Real architectures nobody here wrote pass the parity check at 1e-5 (randomised BN statistics)."""
 import pytest
 
-from kerasfold.export import export
+from kerasfold.pipeline import export
 from kerasfold.verify import verify_export
 from models.applications import build
 

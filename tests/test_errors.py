@@ -120,9 +120,9 @@ def test_weights_only(small_model, tmp_path, previous, how):
 
 
 @pytest.mark.parametrize("layer,options,input_shape,flavour", [
-    ("Conv1D", {"filters": 2, "kernel_size": 3}, (8, 3), "keras2-h5"),
-    ("Conv1D", {"filters": 2, "kernel_size": 3}, (8, 3), "keras3-h5"),
-    ("Conv1D", {"filters": 2, "kernel_size": 3}, (8, 3), "keras"),
+    ("LayerNormalization", {}, (8, 3), "keras2-h5"),
+    ("LayerNormalization", {}, (8, 3), "keras3-h5"),
+    ("Conv3D", {"filters": 2, "kernel_size": 3}, (6, 6, 6, 3), "keras3-h5"),
     ("Conv3D", {"filters": 2, "kernel_size": 3}, (6, 6, 6, 3), "keras"),
     ("Embedding", {"input_dim": 5, "output_dim": 2}, (4,), "keras3-h5"),
 ])

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from kerasfold.fold import BNParams, bn_as_scale_bias, fold_bn
+from kerasfold.passes.bn_math import BNParams, bn_as_scale_bias, fold_bn
 
 CIN = 4
 

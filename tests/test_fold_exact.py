@@ -55,7 +55,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kerasfold.fold import BNParams, bn_as_scale_bias, fold_bn, fold_bn_forward
+from kerasfold.passes.bn_math import BNParams, bn_as_scale_bias, fold_bn, fold_bn_forward
 
 PREC = 60
 EXACT = Context(prec=PREC)                 # every Decimal operation here runs in this context

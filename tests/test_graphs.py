@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from kerasfold.export import export
+from kerasfold.pipeline import export
 from kerasfold.verify import verify_export
 from models import flavours, yolov2
 

@@ -1,10 +1,11 @@
-"""kerasfold.layout: Keras kernel order -> device order (and back), checked element by element."""
+"""kerasfold.targets.mps.layouts: Keras kernel order -> device order (and back), checked element by element."""
 import itertools
 
 import numpy as np
 import pytest
 
-from kerasfold.layout import conv2d_hwio, conv2d_ohwi, depthwise_hwcm, depthwise_ohw, to_keras
+from kerasfold.targets.mps.layouts import (conv2d_hwio, conv2d_ohwi, dense_io, dense_oi, depthwise_hwcm,
+                                          depthwise_ohw, transpose_hwoi, transpose_ohwi)
 
 
 def _distinct(shape):
@@ -28,7 +29,6 @@ def test_conv2d_ohwi_positions():
 def test_conv2d_roundtrip():
     k = _distinct((3, 3, 7, 2))
     np.testing.assert_array_equal(conv2d_hwio(conv2d_ohwi(k)), k)
-    np.testing.assert_array_equal(to_keras("OHWI", conv2d_ohwi(k)), k)
 
 
 @pytest.mark.parametrize("channels,multiplier", [(4, 1), (4, 2), (3, 3)])
@@ -39,9 +39,15 @@ def test_depthwise_output_channel_is_c_times_m_plus_m(channels, multiplier):
     for c, m in itertools.product(range(channels), range(multiplier)):
         np.testing.assert_array_equal(w[c * multiplier + m], k[:, :, c, m])
     np.testing.assert_array_equal(depthwise_hwcm(w, multiplier), k)
-    np.testing.assert_array_equal(to_keras("OHW", w, depth_multiplier=multiplier), k)
 
 
-def test_unknown_layout_is_refused():
-    with pytest.raises(ValueError, match="expected a layout"):
-        to_keras("HWIO", np.zeros((1, 1, 1, 1), np.float32))
+def test_transpose_and_dense_roundtrip():
+    """conv2d and conv2d_transpose both write "OHWI" but invert differently: each op class owns its pair."""
+    k = _distinct((3, 2, 5, 4))                                     # (kh, kw, out, in)
+    w = transpose_ohwi(k)
+    assert w.shape == (5, 3, 2, 4) and w[1, 2, 0, 3] == k[2, 0, 1, 3]
+    np.testing.assert_array_equal(transpose_hwoi(w), k)
+    assert conv2d_hwio(w).shape == (3, 2, 4, 5) != k.shape           # the conv2d inverse is the wrong one
+    d = _distinct((6, 3))
+    assert dense_oi(d).shape == (3, 6) and dense_oi(d)[2, 5] == d[5, 2]
+    np.testing.assert_array_equal(dense_io(dense_oi(d)), d)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from kerasfold.errors import ExportError
-from kerasfold.export import export
+from kerasfold.pipeline import export
 from kerasfold.verify import verify_export
 from models import small
 

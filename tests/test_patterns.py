@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kerasfold.export import export
+from kerasfold.pipeline import export
 from kerasfold.verify import verify_export
 from models.small import build
 
@@ -188,7 +188,7 @@ def test_shared_layer_and_several_inputs_outputs(tmp_path):
 
 
 def test_unknown_parameterless_layer_is_an_entry_with_a_warning(tmp_path):
-    from kerasfold.emit import UnknownLayerWarning
+    from kerasfold.kinds import UnknownLayerWarning
 
     def arch(k):
         x = inp = k.Input((4, 4, 3))
@@ -201,15 +201,15 @@ def test_unknown_parameterless_layer_is_an_entry_with_a_warning(tmp_path):
 
 
 def test_unsupported_weighted_layer_lists_the_supported(tmp_path):
-    from kerasfold.errors import ExportError
+    from kerasfold.errors import UnsupportedLayer
 
     def arch(k):
-        x = inp = k.Input((8, 3))
-        return k.Model(inp, k.layers.Conv1D(2, 3, name="c1d")(x))
+        x = inp = k.Input((4, 4, 4, 3))
+        return k.Model(inp, k.layers.Conv3D(2, 3, name="c3d")(x))
     model = build(arch)
     model.save(tmp_path / "m.keras")
-    with pytest.raises(ExportError, match=r"layer 'c1d'.*BatchNormalization, Conv2D, Conv2DTranspose, Dense, "
-                                          r"DepthwiseConv2D, Normalization, PReLU, SeparableConv2D.*Conv1D"):
+    with pytest.raises(UnsupportedLayer, match=r"layer 'c3d'.*BatchNormalization, Conv1D, Conv2D, Conv2DTranspose, "
+                                               r"Dense, DepthwiseConv2D, Normalization, PReLU, SeparableConv2D.*Conv3D"):
         export(tmp_path / "m.keras", tmp_path / "out")
 
 
@@ -229,7 +229,7 @@ def test_normalization_at_the_input(tmp_path):
 
 def test_other_lambda_is_opaque_never_executed(tmp_path):
     """A Lambda that is not space_to_depth_x2: an entry named by its config, a warning, no code run."""
-    from kerasfold.emit import UnknownLayerWarning
+    from kerasfold.kinds import UnknownLayerWarning
 
     def arch(k):
         x = inp = k.Input((4, 4, 3))
@@ -248,9 +248,10 @@ def test_space_to_depth_needs_even_sizes():
     """TensorFlow's space_to_depth rejects odd sizes; so does the shape rule (no silent rounding).
     Keras cannot even build such a model, so the rule is exercised directly."""
     from kerasfold.errors import ExportError
-    from kerasfold.graph import Node
-    from kerasfold.shapes import SHAPES
-    node = Node(name="s2d", kind="SpaceToDepth", config={"block_size": 2}, inputs=["x"])
-    assert SHAPES["SpaceToDepth"](node, [(6, 4, 3)]) == (3, 2, 12)
+    from kerasfold.kinds import KINDS
+    from kerasfold.kinds.base import Fields
+    kind = KINDS["SpaceToDepth"]
+    params = kind.parse(Fields({"block_size": 2}, "SpaceToDepth"))
+    assert kind.shape(params, [(6, 4, 3)]) == (3, 2, 12)
     with pytest.raises(ExportError, match="even height and width.*5x4"):
-        SHAPES["SpaceToDepth"](node, [(5, 4, 3)])
+        kind.shape(params, [(5, 4, 3)])

@@ -10,8 +10,8 @@ import pytest
 
 from conftest import ROOT, copy_tree, read_manifest
 from kerasfold.errors import ExportError
-from kerasfold.export import ExportOptions, export
-from kerasfold.mps import offset_for
+from kerasfold.pipeline import ExportOptions, export
+from kerasfold.targets.mps.offsets import offset_for
 from kerasfold.verify import verify_export
 from kerasfold.yolo2metal import main as export_main
 
@@ -129,7 +129,7 @@ def test_verify_without_tensorflow_uses_the_reference(tiny_yolo, tiny_yolo_expor
 
 
 def test_manifest_offsets(tiny_yolo_export):
-    from kerasfold.mps import mps_offset
+    from kerasfold.targets.mps.offsets import mps_offset
     layers = read_manifest(tiny_yolo_export)["layers"]
     for e in layers:
         assert e["offset"] == offset_for(e)
@@ -142,8 +142,8 @@ def test_manifest_offsets(tiny_yolo_export):
 
 
 def test_reference_offset_mode_agrees_with_pad_mode(tiny_yolo_export):
-    from kerasfold.exported import load_export
-    from kerasfold.reference import run
+    from kerasfold.targets.mps.read import load_export
+    from kerasfold.verify.reference import run
     export_ = load_export(tiny_yolo_export)
     x = np.random.default_rng(3).random((1, 416, 416, 3), dtype=np.float32)
     a = run(export_, [x], padding="pad")

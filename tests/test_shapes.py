@@ -2,8 +2,8 @@
 checked on a chain of convolutions and pools against Keras (parity from the written files)."""
 import pytest
 
-from kerasfold.export import export
-from kerasfold.shapes import axis_pad
+from kerasfold.pipeline import export
+from kerasfold.kinds.base import axis_pad
 from kerasfold.verify import verify_export
 from models import small
 

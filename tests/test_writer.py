@@ -1,4 +1,4 @@
-"""kerasfold.writer (and atomic): safe file names, hashes, byte-identical re-runs, Forge names,
+"""kerasfold.targets.mps.writer (and atomic): safe file names, hashes, byte-identical re-runs, Forge names,
 and OUT replaced as a whole or not at all."""
 import hashlib
 import os
@@ -8,10 +8,10 @@ import stat
 import numpy as np
 import pytest
 
-from kerasfold.emit import Entry, Tensor
-from kerasfold.export import export
-from kerasfold.graph import Graph, Node, SourceInfo
-from kerasfold.writer import safe_name, write_export
+from kerasfold.targets.mps.entries import Entry, Tensor
+from kerasfold.pipeline import export
+from kerasfold.graph import Graph, SourceInfo
+from kerasfold.targets.mps.writer import safe_name, write_export
 from kerasfold.yolo2metal import main as export_main
 from models import small
 
@@ -43,8 +43,7 @@ def test_safe_name_rules():
 
 
 def _graph():
-    image = Node(name="image", kind="InputLayer", config={}, inputs=[], output_shape=(1, 1, 2))
-    return Graph(nodes={"image": image}, inputs=["image"], outputs=[],
+    return Graph(inputs={"image": (1, 1, 2)}, nodes={}, outputs=[],
                  source=SourceInfo(file="m.h5", sha256="0" * 64, keras_version="3", flavour="keras3-h5"))
 
 
@@ -159,7 +158,7 @@ def test_failed_export_leaves_previous_out(previous, tiny_yolo, tmp_path, bad):
 
 def test_failure_while_writing_leaves_previous_out(previous, tiny_yolo, tmp_path, monkeypatch):
     """An error in the middle of writing files: OUT keeps the previous export, no staging left."""
-    import kerasfold.writer as writer
+    import kerasfold.targets.mps.writer as writer
     from kerasfold.errors import ExportError
     out, before = previous
     real, calls = writer._write_tensor, []

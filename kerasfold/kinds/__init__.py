@@ -32,7 +32,7 @@ class UnknownLayerWarning(UserWarning):
 
 def weighted_classes() -> list[str]:
     """Keras classes with weights that kerasfold supports."""
-    return sorted(name for name, kind in KINDS.items() if kind.variables is not no_variables)
+    return sorted({kind.classes[0] for kind in KINDS.values() if kind.variables is not no_variables})
 
 
 def variable_names(class_name: str, config: Any, count: int, layer: str) -> list[str]:

@@ -138,6 +138,13 @@ class Fields:
         return int(value)
 
 
+def pair(value: Any) -> tuple[int, int]:
+    """Keras' ``int or (int, int)`` as a pair (unvalidated: for values already parsed)."""
+    if isinstance(value, (list, tuple)):
+        return (int(value[0]), int(value[-1]))
+    return (int(value), int(value))
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 

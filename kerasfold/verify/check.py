@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +23,12 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .cli import EXIT_OK, EXIT_PARITY, parse_size, run
-from .errors import ExportError
-from .exported import Export, load_export
-from .passes.lambdas import recognise_lambdas
-from .readers import read_model
-from .shapes import infer_shapes
+from ..cli import EXIT_OK, EXIT_PARITY, parse_size, run
+from ..errors import ExportError, MissingDependency, UnsupportedLayer
+from ..pipeline import prepare
+from ..readers import read_model
+from ..targets.mps.read import Export, load_export
+from .reference import run as run_reference
 
 DEFAULT_TOLERANCE = 1e-5
 # A float16 export is compared with the float32 original: half rounding (11-bit significand)
@@ -127,23 +126,20 @@ def first_divergence(export: Export, got: dict[str, np.ndarray], want: Callable[
 
 def reference_check(model: Path, export: Export, xs: list[np.ndarray], tolerance: float,
                     compute: str) -> Check:
-    """The files run by the numpy reference executor, against the same executor on an unfolded
-    float32 export of the original (BN and activations kept as entries of their own)."""
-    from .export import ExportOptions, export as export_model
-    from .reference import run
-    with tempfile.TemporaryDirectory(prefix="kerasfold-verify-") as tmp:
-        size = tuple(export.manifest["inputs"][0]["shape"][:2]) if len(export.manifest["inputs"]) == 1 else None
-        plain = load_export(export_model(model, Path(tmp) / "unfolded",
-                                         ExportOptions(fold=False, input_size=size)).out)
-        got = run(export, xs, dtype=compute)
-        want = run(plain, xs, dtype=compute)
-        outputs = list(export.manifest["outputs"])
-        max_abs, max_rel = errors([got[o] for o in outputs], list(want.values()))
-        divergence = None
-        if max_rel > tolerance:
-            got_all, want_all = run(export, xs, dtype=compute, keep=True), run(plain, xs, dtype=compute, keep=True)
-            by_origin = {e.get("output_of"): want_all[e["name"]] for e in plain.layers if e["name"] in want_all}
-            divergence = first_divergence(export, got_all, by_origin.get, tolerance)
+    """The files run by the numpy reference executor, against the same executor on the original's
+    unfolded graph, in memory (BN as a per-channel scale/bias, activations as nodes of their own)."""
+    size = tuple(export.manifest["inputs"][0]["shape"][:2]) if len(export.manifest["inputs"]) == 1 else None
+    plain = prepare(model, fold=False, input_size=size if size and len(size) == 2 else None)
+    got = run_reference(export, xs, dtype=compute)
+    want = run_reference(plain, xs, dtype=compute)
+    outputs = list(export.manifest["outputs"])
+    max_abs, max_rel = errors([got[o] for o in outputs], list(want.values()))
+    divergence = None
+    if max_rel > tolerance:
+        got_all = run_reference(export, xs, dtype=compute, keep=True)
+        want_all = run_reference(plain, xs, dtype=compute, keep=True)
+        by_origin = {plain.output_of(n.name): want_all[n.name] for n in plain}
+        divergence = first_divergence(export, got_all, by_origin.get, tolerance)
     return Check("reference", max_abs, max_rel, "the unfolded graph run by kerasfold's numpy executor",
                  divergence)
 
@@ -168,13 +164,11 @@ def load_original(model: Path, export: Export, notes: list[str]) -> tuple[Any, s
 
 def rebuild_original(model: Path, export: Export) -> Any:
     from .rebuild import from_graph
-    graph = read_model(model)
     shapes = {s["name"]: tuple(s["shape"]) for s in export.manifest["inputs"]}
-    for name in graph.inputs:
-        graph[name].output_shape = shapes[name]
-    recognise_lambdas(graph)
-    infer_shapes(graph)
-    return from_graph(graph, shapes)
+    try:
+        return from_graph(read_model(model), shapes)
+    except ExportError as err:
+        raise err.at(file=str(model))
 
 
 def _outputs(model: Any, xs: list[np.ndarray]) -> list[np.ndarray]:
@@ -239,16 +233,14 @@ def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None
     if use_keras:
         try:
             checks.append(keras_check(model, export, xs, tolerance, compute, original, notes))
-        except ExportError as err:
-            if "needs TensorFlow" not in err.message:
-                raise
+        except MissingDependency:
             notes.append("TensorFlow is not installed: the numpy reference executor is the only check")
     else:
         notes.append("Keras check skipped: the numpy reference executor is the only check")
     try:
         checks.append(reference_check(model, export, xs, tolerance, compute))
-    except ExportError as err:
-        if not checks or "reference executor supports" not in err.message:
+    except UnsupportedLayer as err:
+        if not checks:
             raise                           # no check at all would be a pass that proves nothing
         notes.append(f"reference executor skipped: {err}")
     return ParityReport(tolerance=tolerance, samples=samples, checks=checks, compute=compute,
@@ -293,6 +285,3 @@ def main(argv: list[str] | None = None) -> int:
 
     return run(job, "kerasfold.verify")
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,7 +9,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from .errors import ExportError
+from ..errors import MissingDependency
 
 
 def import_keras() -> ModuleType:
@@ -18,7 +18,7 @@ def import_keras() -> ModuleType:
     try:
         import keras
     except ImportError as err:
-        raise ExportError("the parity check needs TensorFlow and Keras 3; install them with "
+        raise MissingDependency("the parity check needs TensorFlow and Keras 3; install them with "
                           f"pip install 'kerasfold[verify]' ({err})") from err
     for name in ("absl", "tensorflow", "h5py._conv"):
         logging.getLogger(name).setLevel(logging.ERROR)

@@ -1,9 +1,10 @@
 """Keras models rebuilt from data, for the parity check (imports Keras when called).
 
-- :func:`from_export`: the BN-free model *as written*: every layer from the manifest and the
-  ``.bin`` files (layouts undone), every padding from the manifest's explicit ``pad``.
-- :func:`from_graph`: the original model, BatchNormalization included, from the graph as read
-  (for files the installed Keras cannot load).
+- :data:`BUILDERS`: one Keras builder per operation class (``kerasfold.ops``);
+  :func:`from_export` builds the BN-free model *as written*: every op decoded from the manifest
+  and the ``.bin`` files (layouts undone), every padding from the manifest's explicit ``pad``.
+- :func:`from_graph`: the original model, BatchNormalization included, from the layers as read
+  (for files the installed Keras cannot load), each built by Keras' own class from its config.
 """
 from __future__ import annotations
 
@@ -11,12 +12,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import ExportError
-from .exported import Export
-from .graph import Graph, Node
+from .. import ops
+from ..errors import ExportError, UnsupportedLayer
+from ..graph import Graph
+from ..kinds.lambdas import LAMBDA
+from ..kinds.base import Fields
+from ..readers.layers import Layer, Model
+from ..readers.variables import canonical_name
+from ..targets.mps.read import Export
 from .keras_env import import_keras
-from .layout import to_keras
-from .readers.variables import canonical_name
 
 
 def keras_class(name: str) -> type:
@@ -24,7 +28,8 @@ def keras_class(name: str) -> type:
     keras = import_keras()
     cls = getattr(keras.layers, name, None)
     if not (isinstance(cls, type) and issubclass(cls, keras.layers.Layer)) or name == "Lambda":
-        raise AttributeError(f"no built-in Keras layer named {name!r}")
+        raise UnsupportedLayer(f"expected a built-in Keras layer class to rebuild, received {name!r} "
+                               "(Lambda and custom layers are never rebuilt: their code is not run)")
     return cls
 
 
@@ -53,184 +58,201 @@ def _pad(x: Any, pad: list[int], value: float = 0.0) -> Any:
     return keras.layers.Lambda(lambda t: keras.ops.pad(t, widths, constant_values=value))(x)
 
 
-def _conv2d(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    keras = import_keras()
-    weights = to_keras("OHWI", export.tensor(entry, "weights").astype(np.float32))
-    layer = keras.layers.Conv2D(weights.shape[-1], entry["kernel"], strides=entry["strides"],
-                                dilation_rate=entry["dilation"], groups=entry["groups"], padding="valid")
-    y = layer(_pad(xs[0], entry["pad"]))
-    layer.set_weights([weights, export.tensor(entry, "bias")])
+def _image(build: Callable[..., Any]) -> Callable[..., Any]:
+    """Build a windowed op on a rank-2 (W, C) tensor as on the 1 x W image (Conv1D)."""
+    def wrapped(op: Any, xs: list[Any]) -> Any:
+        if len(xs[0].shape) != 3:
+            return build(op, xs)
+        layers = import_keras().layers
+        y = build(op, [layers.Reshape((1, *xs[0].shape[1:]))(xs[0])] + xs[1:])
+        return layers.Reshape(tuple(y.shape[2:]))(y)
+    return wrapped
+
+
+def _weighted(layer: Any, x: Any, weights: list[np.ndarray]) -> Any:
+    y = layer(x)
+    layer.set_weights([np.asarray(w, np.float32) for w in weights])
     return y
 
 
-def _depthwise(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    keras = import_keras()
-    m = entry["depth_multiplier"]
-    weights = to_keras("OHW", export.tensor(entry, "weights").astype(np.float32), depth_multiplier=m)
-    layer = keras.layers.DepthwiseConv2D(entry["kernel"], strides=entry["strides"], depth_multiplier=m,
-                                         dilation_rate=entry["dilation"], padding="valid")
+def _bias(op: Any, channels: int) -> np.ndarray:
+    return np.zeros(channels, np.float32) if op.bias is None else op.bias
+
+
+@_image
+def _conv2d(op: ops.Conv2D, xs: list[Any]) -> Any:
+    layers = import_keras().layers
+    kh, kw, _, cout = op.kernel.shape
+    layer = layers.Conv2D(cout, (kh, kw), strides=op.strides, dilation_rate=op.dilation, groups=op.groups,
+                          padding="valid")
+    return _weighted(layer, _pad(xs[0], list(op.pad)), [op.kernel, _bias(op, cout)])
+
+
+def _depthwise(op: ops.DepthwiseConv2D, xs: list[Any]) -> Any:
+    layers = import_keras().layers
+    kh, kw, c, m = op.kernel.shape
+    layer = layers.DepthwiseConv2D((kh, kw), strides=op.strides, depth_multiplier=m, dilation_rate=op.dilation,
+                                   padding="valid")
+    weights = [op.kernel, _bias(op, c * m)]
     if len(xs[0].shape) == 2:                 # per-channel scale/bias on (N, C): run it on (N, 1, 1, C)
-        flat = keras.layers.Reshape((1, 1, xs[0].shape[-1]))(xs[0])
-        y = keras.layers.Reshape((weights.shape[2] * m,))(layer(flat))
-        layer.set_weights([weights, export.tensor(entry, "bias")])
-        return y
-    y = layer(_pad(xs[0], entry["pad"]))
-    layer.set_weights([weights, export.tensor(entry, "bias")])
-    return y
+        flat = layers.Reshape((1, 1, xs[0].shape[-1]))(xs[0])
+        return layers.Reshape((c * m,))(_weighted(layer, flat, weights))
+    return _image(lambda op, xs: _weighted(layer, _pad(xs[0], list(op.pad)), weights))(op, xs)
 
 
-def _max_pool(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    """Padded positions take no part: pad with -inf, then a valid max pool."""
+@_image
+def _pool(op: ops.Pool2D, xs: list[Any]) -> Any:
+    """Max: pad with -inf, then a valid max pool (padded positions take no part). Average: divide
+    by the number of real pixels in each window, mean(x padded) / mean(1 padded)."""
     keras = import_keras()
-    pool = keras.layers.MaxPooling2D(entry["pool_size"], strides=entry["strides"], padding="valid")
-    return pool(_pad(xs[0], entry["pad"], float("-inf")))
-
-
-def _avg_pool(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    """Divide by the number of real pixels in each window: mean(x padded) / mean(1 padded)."""
-    keras = import_keras()
-    ops = keras.ops
+    layers = keras.layers
+    if op.mode == "max":
+        return layers.MaxPooling2D(op.size, strides=op.strides, padding="valid")(_pad(xs[0], list(op.pad), float("-inf")))
 
     def pool(t: Any) -> Any:
-        return keras.layers.AveragePooling2D(entry["pool_size"], strides=entry["strides"],
-                                             padding="valid")(_pad(t, entry["pad"]))
-    ones = keras.layers.Lambda(lambda t: ops.ones_like(t[..., :1]))(xs[0])
-    return keras.layers.Lambda(lambda ts: ts[0] / ts[1])([pool(xs[0]), pool(ones)])
+        return layers.AveragePooling2D(op.size, strides=op.strides, padding="valid")(_pad(t, list(op.pad)))
+    ones = layers.Lambda(lambda t: keras.ops.ones_like(t[..., :1]))(xs[0])
+    return layers.Lambda(lambda ts: ts[0] / ts[1])([pool(xs[0]), pool(ones)])
 
 
-def _activation(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    return xs[0]                # applied by from_export with every entry's activation
+def _transpose(op: ops.Conv2DTranspose, xs: list[Any]) -> Any:
+    """The full (valid) transposed convolution, then the crop."""
+    layers = import_keras().layers
+    kh, kw, cout, _ = op.kernel.shape
+    layer = layers.Conv2DTranspose(cout, (kh, kw), strides=op.strides, padding="valid")
+    y = _weighted(layer, xs[0], [op.kernel, _bias(op, cout)])
+    return _lambda(_crop)(ops.Crop(crop=op.crop), [y])
 
 
-def _keras_layer(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    keras = import_keras()
-    layer = keras_class(entry["class_name"]).from_config(entry["config"])
+def _dense(op: ops.Dense, xs: list[Any]) -> Any:
+    layers = import_keras().layers
+    return _weighted(layers.Dense(op.kernel.shape[1]), xs[0], [op.kernel, _bias(op, op.kernel.shape[1])])
+
+
+def _batch_norm(op: ops.BatchNorm, xs: list[Any]) -> Any:
+    layers = import_keras().layers
+    layer = layers.BatchNormalization(axis=op.axis, epsilon=op.eps, scale=op.gamma is not None,
+                                      center=op.beta is not None)
+    weights = [w for w in (op.gamma, op.beta) if w is not None] + [op.mean, op.var]
+    return _weighted(layer, xs[0], weights)
+
+
+def _prelu(op: ops.PReLU, xs: list[Any]) -> Any:
+    return _weighted(import_keras().layers.PReLU(shared_axes=op.shared_axes), xs[0], [op.alpha])
+
+
+def _opaque(op: ops.Opaque, xs: list[Any]) -> Any:
+    layer = keras_class(op.class_name).from_config(op.config)
     return layer(xs[0] if len(xs) == 1 else xs)
 
 
-def _transpose(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    """The full (valid) transposed convolution, then the manifest's crop."""
-    keras = import_keras()
-    from .layout import transpose_hwoi
-    weights = transpose_hwoi(export.tensor(entry, "weights").astype(np.float32))
-    layer = keras.layers.Conv2DTranspose(weights.shape[2], entry["kernel"], strides=entry["strides"],
-                                         padding="valid")
-    y = layer(xs[0])
-    layer.set_weights([weights, export.tensor(entry, "bias")])
-    return _lambda(_crop)(entry, [y], export)
-
-
-def _dense(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    keras = import_keras()
-    weights = to_keras("OI", export.tensor(entry, "weights").astype(np.float32))
-    layer = keras.layers.Dense(entry["units"])
-    y = layer(xs[0])
-    layer.set_weights([weights, export.tensor(entry, "bias")])
-    return y
-
-
-def _prelu(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
-    keras = import_keras()
-    layer = keras.layers.PReLU(shared_axes=entry.get("shared_axes"))
-    y = layer(xs[0])
-    layer.set_weights([export.tensor(entry, "weights").astype(np.float32)])
-    return y
-
-
-def _lambda(fn: Callable[..., Any]) -> Callable[[dict[str, Any], list[Any], Export], Any]:
-    """A builder applying ``fn(entry, *inputs)`` with Keras ops (a Lambda we define, not one from a file)."""
-    def build(entry: dict[str, Any], xs: list[Any], export: Export) -> Any:
+def _lambda(fn: Callable[..., Any]) -> Callable[[Any, list[Any]], Any]:
+    """A builder applying ``fn(ops, op, *inputs)`` with Keras ops (a Lambda we define, never one from a file)."""
+    def build(op: Any, xs: list[Any]) -> Any:
         keras = import_keras()
-        return keras.layers.Lambda(lambda ts: fn(keras.ops, entry, *ts))(xs)
+        return keras.layers.Lambda(lambda ts: fn(keras.ops, op, *ts))(xs)
     return build
 
 
-def _space_to_depth(ops: Any, entry: dict[str, Any], x: Any) -> Any:
-    """TensorFlow's space_to_depth: out[i, j, (bi·b + bj)·C + c] = in[i·b + bi, j·b + bj, c]."""
-    b = entry["block_size"]
+def _space_to_depth(kops: Any, op: ops.SpaceToDepth, x: Any) -> Any:
+    """TensorFlow's space_to_depth: out[i, j, (bi*b + bj)*C + c] = in[i*b + bi, j*b + bj, c]."""
+    b = op.block
     _, h, w, c = x.shape
-    x = ops.reshape(x, (-1, h // b, b, w // b, b, c))
-    return ops.reshape(ops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, h // b, w // b, b * b * c))
+    x = kops.reshape(x, (-1, h // b, b, w // b, b, c))
+    return kops.reshape(kops.transpose(x, (0, 1, 3, 2, 4, 5)), (-1, h // b, w // b, b * b * c))
 
 
-def _upsampling(ops: Any, entry: dict[str, Any], x: Any) -> Any:
-    if entry["interpolation"] != "nearest":
-        raise ExportError(f"expected nearest upsampling, received {entry['interpolation']}", layer=entry["name"])
-    sh, sw = entry["size"]
-    return ops.repeat(ops.repeat(x, sh, axis=1), sw, axis=2)
+def _resize(op: ops.Resize, xs: list[Any]) -> Any:
+    return import_keras().layers.UpSampling2D(op.size, interpolation=op.interpolation)(xs[0])
 
 
-def _crop(ops: Any, entry: dict[str, Any], x: Any) -> Any:
-    top, bottom, left, right = entry["crop"]
+def _crop(kops: Any, op: ops.Crop, x: Any) -> Any:
+    top, bottom, left, right = op.crop
     return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
 
 
-BUILDERS: dict[str, Callable[[dict[str, Any], list[Any], Export], Any]] = {
-    "conv2d": _conv2d,
-    "depthwise_conv2d": _depthwise,
-    "dense": _dense,
-    "conv2d_transpose": _transpose,
-    "prelu": _prelu,
-    "max_pool2d": _max_pool,
-    "avg_pool2d": _avg_pool,
-    "activation": _activation,
-    "keras_layer": _keras_layer,
-    "zero_padding2d": lambda e, xs, ex: _pad(xs[0], e["pad"]),
-    "cropping2d": _lambda(_crop),
-    "upsampling2d": _lambda(_upsampling),
-    "add": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a + b)),
-    "subtract": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a - b)),
-    "multiply": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a * b)),
-    "divide": _lambda(lambda ops, e, *ts: _reduce(e, ts, lambda a, b: a / b)),
-    "concatenate": _lambda(lambda ops, e, *ts: ops.concatenate(ts, axis=e["axis"] + 1)),
-    "global_avg_pool2d": _lambda(lambda ops, e, x: ops.mean(x, axis=(1, 2), keepdims=e["keepdims"])),
-    "global_max_pool2d": _lambda(lambda ops, e, x: ops.max(x, axis=(1, 2), keepdims=e["keepdims"])),
-    "flatten": _lambda(lambda ops, e, x: ops.reshape(x, (-1, int(np.prod(x.shape[1:]))))),
-    "reshape": _lambda(lambda ops, e, x: ops.reshape(x, (-1, *e["target_shape"]))),
-    "softmax": _lambda(lambda ops, e, x: ops.softmax(x, axis=e["axis"] + 1)),
-    "space_to_depth": _lambda(_space_to_depth),
-    "rescaling": _lambda(lambda ops, e, x: x * np.float32(e["scale"]) + np.float32(e["offset"])),
+_ARITHMETIC = {"add": lambda a, b: a + b, "subtract": lambda a, b: a - b,
+               "multiply": lambda a, b: a * b, "divide": lambda a, b: a / b}
+
+
+def _elementwise(kops: Any, op: ops.Elementwise, *tensors: Any) -> Any:
+    args = operands(op, list(tensors))
+    out = args[0]
+    for a in args[1:]:
+        out = _ARITHMETIC[op.mode](out, a)
+    return out
+
+
+def _batched(axis: int) -> int:
+    return axis if axis < 0 else axis + 1
+
+
+Builder = Callable[[Any, list[Any]], Any]
+
+BUILDERS: dict[type, Builder] = {
+    ops.Conv2D: _conv2d,
+    ops.DepthwiseConv2D: _depthwise,
+    ops.Dense: _dense,
+    ops.Conv2DTranspose: _transpose,
+    ops.BatchNorm: _batch_norm,
+    ops.PReLU: _prelu,
+    ops.Pool2D: _pool,
+    ops.Activation: lambda op, xs: xs[0],       # applied by from_graph_of_ops with every op's activation
+    ops.Opaque: _opaque,
+    ops.Pad: lambda op, xs: _pad(xs[0], list(op.pad)),
+    ops.Crop: _lambda(_crop),
+    ops.Resize: _resize,
+    ops.Elementwise: _lambda(_elementwise),
+    ops.Concat: _lambda(lambda kops, op, *ts: kops.concatenate(ts, axis=_batched(op.axis))),
+    ops.GlobalPool2D: _lambda(lambda kops, op, x: (kops.max if op.mode == "max" else kops.mean)(
+        x, axis=(1, 2), keepdims=op.keepdims)),
+    ops.Flatten: _lambda(lambda kops, op, x: kops.reshape(x, (-1, int(np.prod(x.shape[1:]))))),
+    ops.Reshape: _lambda(lambda kops, op, x: kops.reshape(x, (-1, *op.target))),
+    ops.Softmax: _lambda(lambda kops, op, x: kops.softmax(x, axis=_batched(op.axis))),
+    ops.SpaceToDepth: _lambda(_space_to_depth),
+    ops.Rescaling: _lambda(lambda kops, op, x: x * np.float32(op.scale) + np.float32(op.offset)),
 }
 
 
-def operands(entry: dict[str, Any], tensors: list[Any]) -> list[Any]:
-    """The entry's inputs with its scalar ``constants`` put back at their argument positions."""
+def operands(op: ops.Elementwise, tensors: list[Any]) -> list[Any]:
+    """The inputs with the scalar ``constants`` put back at their argument positions."""
     out = list(tensors)
-    for c in entry.get("constants", []):
-        out.insert(c["position"], c["value"])
+    for position, value in op.constants:
+        out.insert(position, value)
     return out
 
 
-def _reduce(entry: dict[str, Any], tensors: Any, op: Callable[[Any, Any], Any]) -> Any:
-    args = operands(entry, list(tensors))
-    out = args[0]
-    for a in args[1:]:
-        out = op(out, a)
-    return out
-
-
-def from_export(export: Export, keep: bool = False) -> Any:
-    """The BN-free Keras model described by an export's manifest and ``.bin`` files; with
-    ``keep``, its outputs are every entry's output, in manifest order (layer-by-layer checks)."""
+def from_ops(graph: Graph, keep: bool = False) -> Any:
+    """The Keras model computing a graph of typed operations (an export read back: the BN-free
+    network as written); with ``keep``, its outputs are every node's output, in graph order."""
     keras = import_keras()
     tensors: dict[str, Any] = {}
     inputs = []
-    for spec in export.manifest["inputs"]:
-        tensors[spec["name"]] = keras.Input(shape=tuple(spec["shape"]), name=spec["name"])
-        inputs.append(tensors[spec["name"]])
-    for entry in export.layers:
-        build = BUILDERS.get(entry["type"])
+    for name, shape in graph.inputs.items():
+        tensors[name] = keras.Input(shape=tuple(shape), name=name)
+        inputs.append(tensors[name])
+    for node in graph:
+        build = BUILDERS.get(type(node.op))
         if build is None:
-            raise ExportError(f"expected a layer type the parity check can rebuild ({', '.join(BUILDERS)}), "
-                              f"received {entry['type']}", file=str(export.root), layer=entry["name"])
-        y = build(entry, [tensors[i] for i in entry["inputs"]], export)
-        act = activation_layer(entry["activation"])
-        tensors[entry["name"]] = act(y) if act is not None else y
-    names = [e["name"] for e in export.layers] if keep else export.manifest["outputs"]
+            raise UnsupportedLayer(f"expected an operation the parity check can rebuild "
+                                   f"({', '.join(c.__name__ for c in BUILDERS)}), received "
+                                   f"{type(node.op).__name__}", layer=node.name)
+        y = build(node.op, [tensors[i] for i in node.inputs])
+        act = activation_layer(node.op.activation)
+        tensors[node.name] = act(y) if act is not None else y
+    names = [n.name for n in graph] if keep else graph.outputs
     return keras.Model(_one_or_list(inputs), _one_or_list([tensors[o] for o in names]))
 
 
-def _set_weights_by_name(layer: Any, node: Node) -> None:
+def from_export(export: Export, keep: bool = False) -> Any:
+    """The BN-free Keras model described by an export's manifest and ``.bin`` files."""
+    try:
+        return from_ops(export.graph(), keep)
+    except ExportError as err:
+        raise err.at(file=str(export.root))
+
+
+def _set_weights_by_name(layer: Any, node: Layer) -> None:
     values = []
     for v in layer.weights:
         key = canonical_name(node.kind, v.path if hasattr(v, "path") else v.name)
@@ -251,7 +273,7 @@ def keras3_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
+def from_graph(graph: Model, input_shapes: dict[str, tuple]) -> Any:
     """The original model, BatchNormalization included, from the graph as read: each layer from
     its config with Keras' own implementation (safe deserialisation; no Lambda is executed)."""
     keras = import_keras()
@@ -261,7 +283,8 @@ def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
         if node.is_input:
             tensors[node.name] = keras.Input(shape=input_shapes[node.name], name=node.name)
             continue
-        if node.kind == "SpaceToDepth":                 # a recognised Lambda: TensorFlow's own op
+        if node.kind == "Lambda" and LAMBDA.parse(Fields(node.config, "Lambda", layer=node.layer)).space_to_depth:
+            # a recognised Lambda: TensorFlow's own op
             tf_op = _tf_space_to_depth()
             tensors[node.name] = keras.layers.Lambda(tf_op)(tensors[node.inputs[0]])
             continue
@@ -269,7 +292,7 @@ def from_graph(graph: Graph, input_shapes: dict[str, tuple]) -> Any:
             config = keras3_config(node.kind, node.config)
             try:
                 layers[node.layer] = keras_class(node.kind).from_config(config)
-            except (ValueError, TypeError, AttributeError) as err:
+            except (ValueError, TypeError) as err:             # Keras' own config validation
                 raise ExportError(f"expected a layer Keras can rebuild, received {node.kind} ({err})",
                                   layer=node.name) from err
         layer = layers[node.layer]

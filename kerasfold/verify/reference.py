@@ -27,11 +27,13 @@ from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
-from .errors import ExportError
-from .exported import Export
-from .mps import effective_kernel, entry_geometry, entry_offset
+from .. import ops
+from ..errors import ExportError, UnsupportedLayer
+from ..graph import Graph, Node
+from ..targets.mps.offsets import effective_kernel
+from ..targets.mps.read import WINDOWS, Export
 
-PADDING_MODES = ("pad", "offset")
+PADDING_MODES = WINDOWS
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,13 +137,13 @@ ACTIVATIONS: dict[str, Activation] = {
 def apply_activation(x: np.ndarray, spec: dict[str, Any], layer: str | None = None) -> np.ndarray:
     fn = ACTIVATIONS.get(spec.get("type"))
     if fn is None:
-        raise ExportError(f"expected an activation the reference executor supports "
+        raise UnsupportedLayer(f"expected an activation the reference executor supports "
                           f"({', '.join(ACTIVATIONS)}), received {spec.get('type')!r}", layer=layer)
     return fn(x, spec).astype(x.dtype, copy=False)
 
 
 # ---------------------------------------------------------------------------------------------
-# sliding windows: explicit pad or MPS offset -> (first source index, output size) per axis
+# sliding windows: explicit pad -> (first source index, output size) per axis
 
 @dataclass(frozen=True)
 class Window:
@@ -185,88 +187,80 @@ class Window:
         return count
 
 
-def window(entry: dict[str, Any], x: np.ndarray, mode: str) -> Window:
-    """The windows of a conv/pool entry on input ``x`` under ``mode`` ("pad" or "offset")."""
-    kernel, strides, dilation = entry_geometry(entry)
-    top, bottom, left, right = (int(p) for p in entry.get("pad", [0, 0, 0, 0]))
+def window(x: np.ndarray, kernel: tuple, strides: tuple, dilation: tuple, pad: tuple) -> Window:
+    """The windows of a conv/pool on input ``x`` (N, H, W, C) with explicit ``pad`` (may be < 0)."""
+    top, bottom, left, right = (int(p) for p in pad)
     size = x.shape[1:3]
     out = []
     for axis, (before, after) in enumerate(((top, bottom), (left, right))):
         span = size[axis] + before + after - effective_kernel(kernel[axis], dilation[axis])
         out.append(span // strides[axis] + 1 if span >= 0 else 0)
-    if mode == "pad":
-        first = (-top, -left)
-    else:
-        offset = entry_offset(entry)
-        first = tuple(offset[a] - (effective_kernel(kernel[a], dilation[a]) >> 1) for a in (0, 1))
-        shape = entry.get("output_shape") or [None, None]
-        out = [int(shape[a]) if shape[a] is not None else out[a] for a in (0, 1)]
     if min(out) < 1:
-        raise ExportError(f"expected the {kernel[0]}x{kernel[1]} window with pad {entry.get('pad')} "
-                          f"to fit the {size[0]}x{size[1]} input, received an empty output",
-                          layer=entry.get("name"))
-    return Window(tuple(kernel), tuple(strides), tuple(dilation), first, tuple(out))
+        raise ExportError(f"expected the {kernel[0]}x{kernel[1]} window with pad {list(pad)} "
+                          f"to fit the {size[0]}x{size[1]} input, received an empty output")
+    return Window(tuple(kernel), tuple(strides), tuple(dilation), (-top, -left), tuple(out))
+
+
+def _image(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
+    """Run a windowed op on a rank-2 (W, C) tensor as on the 1 x W image (Conv1D)."""
+    def run(op: Any, xs: list[np.ndarray], ctx: "Context") -> np.ndarray:
+        if xs[0].ndim != 3:
+            return fn(op, xs, ctx)
+        y = fn(op, [xs[0][:, None]] + xs[1:], ctx)
+        return y.reshape(y.shape[0], *y.shape[2:])
+    return run
 
 
 # ---------------------------------------------------------------------------------------------
-# layer types: f(entry, inputs, context) -> output (before the entry's activation)
+# operations: f(op, inputs, context) -> output (before the op's activation)
 
 @dataclass
 class Context:
-    export: Export
-    padding: str = "pad"
     dtype: Any = np.float32
 
-    def weights(self, entry: dict[str, Any]) -> np.ndarray:
-        return self.export.tensor(entry, "weights").astype(self.dtype)
-
-    def bias(self, entry: dict[str, Any]) -> np.ndarray | None:
-        return self.export.tensor(entry, "bias").astype(self.dtype) if "bias" in entry else None
+    def array(self, a: np.ndarray | None) -> np.ndarray | None:
+        """A weight as written (float32), computed in the run's precision."""
+        return None if a is None else np.asarray(a, np.float32).astype(self.dtype)
 
 
-Op = Callable[[dict[str, Any], list[np.ndarray], Context], np.ndarray]
-
-
-def _channels(entry: dict[str, Any], x: np.ndarray, expected: int) -> None:
+def _channels(x: np.ndarray, expected: int) -> None:
     if x.shape[-1] != expected:
-        raise ExportError(f"expected {expected} input channels for the weights, received "
-                          f"{x.shape[-1]}", layer=entry["name"])
+        raise ExportError(f"expected {expected} input channels for the weights, received {x.shape[-1]}")
 
 
-def _with_bias(y: np.ndarray, entry: dict[str, Any], ctx: Context) -> np.ndarray:
-    b = ctx.bias(entry)
+def _with_bias(y: np.ndarray, op: Any, ctx: Context) -> np.ndarray:
+    b = ctx.array(op.bias)
     return y if b is None else y + b
 
 
-def _conv2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """im2col by kernel taps, then one matmul (per group): weights OHWI (out, kh, kw, in/groups)."""
-    x, w = xs[0], ctx.weights(entry)
-    cout, kh, kw, cg = w.shape
-    groups = int(entry.get("groups", 1) or 1)
-    _channels(entry, x, cg * groups)
-    win = window(entry, x, ctx.padding)
+@_image
+def _conv2d(op: ops.Conv2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """im2col by kernel taps, then one matmul (per group): kernel (kh, kw, in/groups, out)."""
+    x, w = xs[0], ctx.array(op.kernel)
+    kh, kw, cg, cout = w.shape
+    _channels(x, cg * op.groups)
+    win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
     xp, base = win.frame(x, 0.0)
     n, (oh, ow) = x.shape[0], win.out
     cols = np.stack([xp[:, r, c, :] for _, _, r, c in win.taps(base)], axis=3)  # (N, oh, ow, T, C)
-    rows, taps = n * oh * ow, kh * kw
-    if groups == 1:
-        y = cols.reshape(rows, taps * cg) @ w.reshape(cout, taps * cg).T
+    rows, taps, g = n * oh * ow, kh * kw, op.groups
+    if g == 1:
+        y = cols.reshape(rows, taps * cg) @ w.reshape(taps * cg, cout)
     else:
-        cols = cols.reshape(rows, taps, groups, cg).transpose(2, 0, 1, 3).reshape(groups, rows, taps * cg)
-        wg = w.reshape(groups, cout // groups, taps * cg).transpose(0, 2, 1)   # (g, T·cg, out/g)
+        cols = cols.reshape(rows, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, taps * cg)
+        wg = w.reshape(taps, cg, g, cout // g).transpose(2, 0, 1, 3).reshape(g, taps * cg, cout // g)
         y = np.matmul(cols, wg).transpose(1, 0, 2).reshape(rows, cout)
-    return _with_bias(y.reshape(n, oh, ow, cout), entry, ctx)
+    return _with_bias(y.reshape(n, oh, ow, cout), op, ctx)
 
 
-def _conv2d_transpose(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Weights OHWI (out, kh, kw, in), used as-is: input pixel (i, j) adds x·W[:, a, b, :] to output
-    (i·s + a, j·s + b), one matmul per kernel tap; the full output is ``in·s + max(k − s, 0)``
-    (TensorFlow's 'valid' size), then the entry's ``crop`` [top, bottom, left, right]. Windows
-    are given by ``crop``, not by an MPS offset, in both padding modes."""
-    x, w = xs[0], ctx.weights(entry)
-    cout, kh, kw, cin = w.shape
-    _channels(entry, x, cin)
-    sh, sw = (int(v) for v in entry.get("strides", [1, 1]))
+def _conv2d_transpose(op: ops.Conv2DTranspose, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Kernel (kh, kw, out, in), used as-is: input pixel (i, j) adds x*W[a, b] to output
+    (i*s + a, j*s + b), one matmul per kernel tap; the full output is ``in*s + max(k - s, 0)``
+    (TensorFlow's 'valid' size), then ``crop`` [top, bottom, left, right]."""
+    x, w = xs[0], ctx.array(op.kernel)
+    kh, kw, cout, cin = w.shape
+    _channels(x, cin)
+    sh, sw = op.strides
     n, h, wd, _ = x.shape
     full = (h * sh + max(kh - sh, 0), wd * sw + max(kw - sw, 0))
     y = np.zeros((n, *full, cout), x.dtype)
@@ -274,237 +268,249 @@ def _conv2d_transpose(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context)
     for a in range(kh):
         for b in range(kw):
             y[:, a:a + (h - 1) * sh + 1:sh, b:b + (wd - 1) * sw + 1:sw, :] += \
-                (flat @ w[:, a, b, :].T).reshape(n, h, wd, cout)
-    top, bottom, left, right = (int(v) for v in entry.get("crop", [0, 0, 0, 0]))
-    return _with_bias(y[:, top:full[0] - bottom, left:full[1] - right, :], entry, ctx)
+                (flat @ w[a, b].T).reshape(n, h, wd, cout)
+    top, bottom, left, right = (int(v) for v in op.crop)
+    return _with_bias(y[:, top:full[0] - bottom, left:full[1] - right, :], op, ctx)
 
 
-def _depthwise_conv2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Weights OHW (C·M, kh, kw); output channel c·M + m reads input channel c. A 1×1 one on a
+def _depthwise_conv2d(op: ops.DepthwiseConv2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Kernel (kh, kw, C, M); output channel c*M + m reads input channel c. A 1x1 one on a
     (N, C) tensor (a BatchNormalization after a Dense) is a per-channel scale and bias."""
-    x, w = xs[0], ctx.weights(entry)
-    if x.ndim == 2 and w.shape[1:] == (1, 1) and int(entry.get("depth_multiplier", 1)) == 1:
-        return _with_bias(x * w[:, 0, 0], entry, ctx)
-    cm, kh, kw = w.shape
-    m = int(entry.get("depth_multiplier", 1))
-    c = x.shape[-1]
-    if c * m != cm:
-        raise ExportError(f"expected {cm // m} input channels for the weights (depth multiplier {m}), "
-                          f"received {c}", layer=entry["name"])
-    w = w.reshape(c, m, kh, kw)
-    win = window(entry, x, ctx.padding)
+    x, w = xs[0], ctx.array(op.kernel)
+    kh, kw, c, m = w.shape
+    if x.ndim == 2 and (kh, kw, m) == (1, 1, 1):
+        return _with_bias(x * w[0, 0, :, 0], op, ctx)
+    if x.ndim == 3:
+        return _image(_depthwise_conv2d)(op, xs, ctx)
+    if x.shape[-1] != c:
+        raise ExportError(f"expected {c} input channels for the weights (depth multiplier {m}), "
+                          f"received {x.shape[-1]}")
+    win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
     xp, base = win.frame(x, 0.0)
     acc = np.zeros((x.shape[0], *win.out, c, m), x.dtype)
     for i, j, r, cc in win.taps(base):
-        acc += xp[:, r, cc, :, None] * w[:, :, i, j]
-    return _with_bias(acc.reshape(x.shape[0], *win.out, cm), entry, ctx)
+        acc += xp[:, r, cc, :, None] * w[i, j]
+    return _with_bias(acc.reshape(x.shape[0], *win.out, c * m), op, ctx)
 
 
-def _pool(entry: dict[str, Any], x: np.ndarray, ctx: Context, fill: float) -> tuple[Window, np.ndarray, Iterator]:
-    win = window(entry, x, ctx.padding)
+@_image
+def _pool2d(op: ops.Pool2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Max: the maximum over the real pixels of each window (padded positions are -inf).
+    Average: the sum over each window / the number of real pixels in it."""
+    x = xs[0]
+    win = window(x, op.size, op.strides, (1, 1), op.pad)
     counts = win.real_counts(x.shape[1:3], x.dtype)
     if np.any(counts == 0):
         raise ExportError("expected every pooling window to cover at least one input pixel, received "
-                          "windows entirely outside the input (wrong pad or offset)", layer=entry["name"])
-    xp, base = win.frame(x, fill)
-    return win, counts, ((r, c, xp) for _, _, r, c in win.taps(base))
-
-
-def _max_pool2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Maximum over the real pixels of each window (padded positions are -inf)."""
-    _, _, taps = _pool(entry, xs[0], ctx, -np.inf)
-    out = None
-    for r, c, xp in taps:
-        out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)
-    return out
-
-
-def _avg_pool2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Sum over each window / the number of real pixels in it."""
-    win, counts, taps = _pool(entry, xs[0], ctx, 0.0)
-    out = np.zeros((xs[0].shape[0], *win.out, xs[0].shape[-1]), xs[0].dtype)
-    for r, c, xp in taps:
+                          "windows entirely outside the input (wrong pad or offset)")
+    xp, base = win.frame(x, -np.inf if op.mode == "max" else 0.0)
+    if op.mode == "max":
+        out = None
+        for _, _, r, c in win.taps(base):
+            out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)
+        return out
+    out = np.zeros((x.shape[0], *win.out, x.shape[-1]), x.dtype)
+    for _, _, r, c in win.taps(base):
         out += xp[:, r, c, :]
     return out / counts
 
 
-def _dense(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Weights OI (out, in); applies to the last axis, as Keras' Dense."""
-    w = ctx.weights(entry)
-    _channels(entry, xs[0], w.shape[1])
-    return _with_bias(xs[0] @ w.T, entry, ctx)
+def _dense(op: ops.Dense, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Kernel (in, out); applies to the last axis, as Keras' Dense."""
+    w = ctx.array(op.kernel)
+    _channels(xs[0], w.shape[0])
+    return _with_bias(xs[0] @ w, op, ctx)
 
 
-def _elementwise(op: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> Op:
+_ELEMENTWISE = {"add": np.add, "subtract": np.subtract, "multiply": np.multiply, "divide": np.divide}
+
+
+def _elementwise(op: ops.Elementwise, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     """Add/subtract/multiply/divide over the inputs, with numpy broadcasting (a squeeze-excite
-    (1, 1, C) scale) and the entry's scalar ``constants`` at their argument positions."""
-    def apply(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-        args: list[Any] = list(xs)
-        for c in entry.get("constants", []):
-            args.insert(c["position"], xs[0].dtype.type(c["value"]))
-        try:
-            out = args[0]
-            for a in args[1:]:
-                out = op(out, a)
-        except ValueError as err:
-            raise ExportError(f"expected inputs that broadcast, received {[x.shape[1:] for x in xs]}",
-                              layer=entry["name"]) from err
-        return np.asarray(out, dtype=xs[0].dtype)
-    return apply
+    (1, 1, C) scale) and the scalar ``constants`` at their argument positions."""
+    fn = _ELEMENTWISE[op.mode]
+    args: list[Any] = list(xs)
+    for position, value in op.constants:
+        args.insert(position, xs[0].dtype.type(value))
+    try:
+        out = args[0]
+        for a in args[1:]:
+            out = fn(out, a)
+    except ValueError as err:
+        raise ExportError(f"expected inputs that broadcast, received {[x.shape[1:] for x in xs]}") from err
+    return np.asarray(out, dtype=xs[0].dtype)
 
 
-def _concatenate(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """``axis`` indexes the unbatched shape (the manifest's convention); -1 is the channels."""
-    axis = int(entry.get("axis", -1))
-    return np.concatenate(xs, axis=axis if axis < 0 else axis + 1)
+def _batched(axis: int) -> int:
+    """An axis of the unbatched shape (the manifest's convention; -1 the channels) on (N, ...)."""
+    return axis if axis < 0 else axis + 1
 
 
-def _space_to_depth(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """TensorFlow's order: out[i, j, (bi·b + bj)·C + c] = in[i·b + bi, j·b + bj, c]."""
-    x, b = xs[0], int(entry.get("block_size", 2))
+def _space_to_depth(op: ops.SpaceToDepth, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """TensorFlow's order: out[i, j, (bi*b + bj)*C + c] = in[i*b + bi, j*b + bj, c]."""
+    x, b = xs[0], op.block
     n, h, w, c = x.shape
     if h % b or w % b:
-        raise ExportError(f"expected a height and width divisible by block size {b}, received {h}x{w}",
-                          layer=entry["name"])
+        raise ExportError(f"expected a height and width divisible by block size {b}, received {h}x{w}")
     x = x.reshape(n, h // b, b, w // b, b, c).transpose(0, 1, 3, 2, 4, 5)
     return x.reshape(n, h // b, w // b, b * b * c)
 
 
-def _global_pool(reduce: Callable[..., np.ndarray]) -> Op:
-    def op(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-        return reduce(xs[0], axis=(1, 2), keepdims=bool(entry.get("keepdims", False)))
-    return op
-
-
-def _zero_padding2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    top, bottom, left, right = (int(p) for p in entry["pad"])
-    return np.pad(xs[0], ((0, 0), (top, bottom), (left, right), (0, 0)))
-
-
-def _cropping2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    top, bottom, left, right = (int(p) for p in entry["crop"])
+def _crop(op: ops.Crop, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    top, bottom, left, right = op.crop
     x = xs[0]
     return x[:, top:x.shape[1] - bottom, left:x.shape[2] - right, :]
 
 
-def _upsampling2d(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    if entry.get("interpolation", "nearest") != "nearest":
-        raise ExportError(f"expected nearest upsampling, received {entry.get('interpolation')}",
-                          layer=entry["name"])
-    sh, sw = (int(s) for s in entry.get("size", [2, 2]))
-    return np.repeat(np.repeat(xs[0], sh, axis=1), sw, axis=2)
+def _bilinear_axis(size: int, scale: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """TensorFlow's resize with half-pixel centres along one axis: (lower, upper, weight of upper)."""
+    src = (np.arange(size * scale) + 0.5) / scale - 0.5
+    floor = np.floor(src)
+    lower = np.clip(floor, 0, size - 1).astype(int)
+    upper = np.clip(np.ceil(src), 0, size - 1).astype(int)
+    return lower, upper, src - floor
 
 
-def _softmax_layer(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    axis = int(entry.get("axis", -1))
-    return _softmax(xs[0], axis if axis < 0 else axis + 1)
+def _resize(op: ops.Resize, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Nearest: each pixel repeated. Bilinear: ``tf.image.resize`` (Keras' UpSampling2D),
+    half-pixel centres, edge pixels clamped."""
+    x = xs[0]
+    sh, sw = op.size
+    if op.interpolation == "nearest":
+        return np.repeat(np.repeat(x, sh, axis=1), sw, axis=2)
+    dt = x.dtype.type
+    lo, hi, t = _bilinear_axis(x.shape[1], sh)
+    x = x[:, lo] * dt(1) + (x[:, hi] - x[:, lo]) * t.astype(x.dtype)[None, :, None, None]
+    lo, hi, t = _bilinear_axis(x.shape[2], sw)
+    return x[:, :, lo] + (x[:, :, hi] - x[:, :, lo]) * t.astype(x.dtype)[None, None, :, None]
 
 
-def _rescaling(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+def _rescaling(op: ops.Rescaling, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     dt = xs[0].dtype
-    return xs[0] * np.asarray(entry.get("scale", 1.0), dt) + np.asarray(entry.get("offset", 0.0), dt)
+    return xs[0] * np.asarray(op.scale, dt) + np.asarray(op.offset, dt)
 
 
-def _prelu(entry: dict[str, Any], xs: list[np.ndarray], ctx: Context) -> np.ndarray:
-    """Keras' PReLU: relu(x) - alpha·relu(-x); alpha (H, W, C) with shared axes of size 1."""
-    x, alpha = xs[0], ctx.weights(entry)
+def _prelu(op: ops.PReLU, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """Keras' PReLU: relu(x) - alpha*relu(-x); alpha (H, W, C) with shared axes of size 1."""
+    x, alpha = xs[0], ctx.array(op.alpha)
     return np.maximum(x, 0) - alpha * np.maximum(-x, 0)
 
 
-OPS: dict[str, Op] = {
-    "conv2d": _conv2d,
-    "depthwise_conv2d": _depthwise_conv2d,
-    "conv2d_transpose": _conv2d_transpose,
-    "max_pool2d": _max_pool2d,
-    "avg_pool2d": _avg_pool2d,
-    "activation": lambda entry, xs, ctx: xs[0],        # the entry's activation does the work
-    "dense": _dense,
-    "add": _elementwise(np.add),
-    "subtract": _elementwise(np.subtract),
-    "multiply": _elementwise(np.multiply),
-    "divide": _elementwise(np.divide),
-    "concatenate": _concatenate,
-    "space_to_depth": _space_to_depth,
-    "global_avg_pool2d": _global_pool(np.mean),
-    "global_max_pool2d": _global_pool(np.max),
-    "zero_padding2d": _zero_padding2d,
-    "cropping2d": _cropping2d,
-    "upsampling2d": _upsampling2d,
-    "flatten": lambda entry, xs, ctx: xs[0].reshape(xs[0].shape[0], -1),
-    "reshape": lambda entry, xs, ctx: xs[0].reshape(xs[0].shape[0], *entry["target_shape"]),
-    "softmax": _softmax_layer,
-    "rescaling": _rescaling,
-    "prelu": _prelu,
+def _batch_norm(op: ops.BatchNorm, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
+    """gamma (x - mean) / sqrt(var + eps) + beta along the BN's axis (batch included)."""
+    x = xs[0]
+    shape = [1] * x.ndim
+    shape[op.axis] = -1
+    mean, var = ctx.array(op.mean).reshape(shape), ctx.array(op.var).reshape(shape)
+    y = (x - mean) / np.sqrt(var + x.dtype.type(op.eps))
+    if op.gamma is not None:
+        y = y * ctx.array(op.gamma).reshape(shape)
+    return y if op.beta is None else y + ctx.array(op.beta).reshape(shape)
+
+
+Run = Callable[[Any, list[np.ndarray], Context], np.ndarray]
+
+OPS: dict[type, Run] = {
+    ops.Conv2D: _conv2d,
+    ops.DepthwiseConv2D: _depthwise_conv2d,
+    ops.Conv2DTranspose: _conv2d_transpose,
+    ops.Dense: _dense,
+    ops.BatchNorm: _batch_norm,
+    ops.Pool2D: _pool2d,
+    ops.GlobalPool2D: lambda op, xs, ctx: (np.max if op.mode == "max" else np.mean)(
+        xs[0], axis=(1, 2), keepdims=op.keepdims),
+    ops.Elementwise: _elementwise,
+    ops.Concat: lambda op, xs, ctx: np.concatenate(xs, axis=_batched(op.axis)),
+    ops.Resize: _resize,
+    ops.Pad: lambda op, xs, ctx: np.pad(xs[0], ((0, 0), op.pad[:2], op.pad[2:], (0, 0))),
+    ops.Crop: _crop,
+    ops.Reshape: lambda op, xs, ctx: xs[0].reshape(xs[0].shape[0], *op.target),
+    ops.Flatten: lambda op, xs, ctx: xs[0].reshape(xs[0].shape[0], -1),
+    ops.Softmax: lambda op, xs, ctx: _softmax(xs[0], _batched(op.axis)),
+    ops.Activation: lambda op, xs, ctx: xs[0],          # the op's activation does the work
+    ops.Rescaling: _rescaling,
+    ops.PReLU: _prelu,
+    ops.SpaceToDepth: _space_to_depth,
 }
 
 
 # ---------------------------------------------------------------------------------------------
 
-def _check_shape(entry: dict[str, Any], y: np.ndarray) -> None:
-    want = entry.get("output_shape")
+def _check_shape(node: Node, y: np.ndarray) -> None:
+    want = node.shape
     if want is None:
         return
     got = y.shape[1:]
     if len(got) != len(want) or any(w is not None and w != g for w, g in zip(want, got)):
-        raise ExportError(f"expected output shape {tuple(want)} from the manifest, computed "
-                          f"{tuple(got)}", layer=entry["name"])
+        raise ExportError(f"expected output shape {tuple(want)} from the manifest, computed {tuple(got)}")
 
 
-def _inputs(export: Export, inputs: Sequence[np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
-    specs = export.manifest["inputs"]
+def _inputs(graph: Graph, inputs: Sequence[np.ndarray], dtype: Any) -> dict[str, np.ndarray]:
+    specs = graph.inputs
     if len(inputs) != len(specs):
-        raise ExportError(f"expected {len(specs)} input arrays ({', '.join(s['name'] for s in specs)}), "
-                          f"received {len(inputs)}", file=str(export.root))
+        raise ExportError(f"expected {len(specs)} input arrays ({', '.join(specs)}), received {len(inputs)}")
     out = {}
-    for spec, x in zip(specs, inputs):
+    for (name, shape), x in zip(specs.items(), inputs):
         x = np.asarray(x)
-        shape = spec["shape"]
         if x.ndim != len(shape) + 1 or any(s is not None and s != d for s, d in zip(shape, x.shape[1:])):
-            raise ExportError(f"expected input '{spec['name']}' of shape (N, {', '.join(map(str, shape))}), "
-                              f"received {x.shape}", file=str(export.root))
-        out[spec["name"]] = np.ascontiguousarray(x, dtype=dtype)
+            raise ExportError(f"expected input '{name}' of shape (N, {', '.join(map(str, shape))}), "
+                              f"received {x.shape}")
+        out[name] = np.ascontiguousarray(x, dtype=dtype)
     return out
 
 
-def run(export: Export, inputs: Sequence[np.ndarray], *, padding: str = "pad", keep: bool = False,
-        dtype: str = "float32") -> dict[str, np.ndarray]:
-    """Run ``export``'s network on ``inputs`` (one batched array (N, ...) per manifest input).
+def supported() -> str:
+    return ", ".join(cls.__name__ for cls in OPS)
 
-    Returns the outputs by manifest output name; with ``keep`` every layer's output by layer name.
-    ``padding``: "pad" (explicit pads) or "offset" (MPS's window rule). Raises :class:`ExportError`
-    naming the layer for a type or activation it does not know, or shapes that disagree."""
+
+def run(source: Export | Graph, inputs: Sequence[np.ndarray], *, padding: str = "pad", keep: bool = False,
+        dtype: str = "float32") -> dict[str, np.ndarray]:
+    """Run an export (or a graph of operations) on ``inputs`` (one batched array (N, ...) per model
+    input). Returns the outputs by name; with ``keep`` every node's output by node name.
+    ``padding``: "pad" (explicit pads) or "offset" (MPS's window rule; exports only). Raises
+    :class:`ExportError` naming the layer for an operation or activation it does not know, or
+    shapes that disagree."""
     if padding not in PADDING_MODES:
         raise ValueError(f"expected padding in {PADDING_MODES}, received {padding!r}")
     if dtype not in ("float32", "float64"):
         raise ValueError(f"expected dtype float32 or float64, received {dtype!r}")
-    ctx = Context(export, padding, np.dtype(dtype))
-    tensors = _inputs(export, inputs, ctx.dtype)
-    layers = export.layers
-    outputs = list(export.manifest["outputs"])
-    last_use = {name: i for i, e in enumerate(layers) for name in e["inputs"]}
-    for i, entry in enumerate(layers):
-        name = entry["name"]
-        op = OPS.get(entry["type"])
-        if op is None:
-            raise ExportError(f"expected a layer type the reference executor supports "
-                              f"({', '.join(sorted(OPS))}), received {entry['type']!r}",
-                              file=str(export.root), layer=name)
+    where = str(source.root) if isinstance(source, Export) else None
+    if isinstance(source, Export):
+        graph = source.graph(windows=padding)
+    elif padding != "pad":
+        raise ValueError("expected padding 'pad' for a graph (offsets exist in exports only)")
+    else:
+        graph = source
+    ctx = Context(np.dtype(dtype))
+    try:
+        tensors = _inputs(graph, inputs, ctx.dtype)
+    except ExportError as err:
+        raise err.at(file=where)
+    outputs = list(graph.outputs)
+    nodes = list(graph)
+    last_use = {name: i for i, n in enumerate(nodes) for name in n.inputs}
+    for i, node in enumerate(nodes):
+        fn = OPS.get(type(node.op))
+        if fn is None:
+            what = f"{type(node.op).__name__}" + (f" '{node.op.class_name}'" if isinstance(node.op, ops.Opaque) else "")
+            raise UnsupportedLayer(f"expected an operation the reference executor runs ({supported()}), "
+                                   f"received {what}", file=where, layer=node.name)
         try:
-            xs = [tensors[n] for n in entry["inputs"]]
+            xs = [tensors[n] for n in node.inputs]
         except KeyError as err:
             raise ExportError(f"expected input {err.args[0]!r} to be computed before this layer",
-                              file=str(export.root), layer=name) from None
+                              file=where, layer=node.name) from None
         try:
-            y = op(entry, xs, ctx)
-            y = apply_activation(np.asarray(y, ctx.dtype), entry.get("activation") or {"type": "linear"}, name)
-            _check_shape(entry, y)
+            y = fn(node.op, xs, ctx)
+            y = apply_activation(np.asarray(y, ctx.dtype), node.op.activation or ops.linear())
+            _check_shape(node, y)
         except ExportError as err:
-            raise err.at(file=str(export.root), layer=name)
-        tensors[name] = y
-        if not keep:                              # free what no later layer and no output reads
-            for n in entry["inputs"]:
+            raise err.at(file=where, layer=node.name)
+        tensors[node.name] = y
+        if not keep:                              # free what no later node and no output reads
+            for n in node.inputs:
                 if last_use.get(n) == i and n not in outputs:
                     tensors.pop(n, None)
     if keep:
-        return {e["name"]: tensors[e["name"]] for e in layers}
+        return {n.name: tensors[n.name] for n in nodes}
     return {name: tensors[name] for name in outputs}

@@ -192,3 +192,9 @@ class Opaque(Op):
 
 
 WEIGHTED = (Conv2D, DepthwiseConv2D, Conv2DTranspose, Dense)     # take a fused activation on the device
+REWRITTEN = (SeparableConv2D, Identity, Normalization)           # passes always rewrite them: no target sees them
+
+
+def all_ops() -> list[type]:
+    """Every operation class (for the registry checks)."""
+    return [cls for cls in globals().values() if isinstance(cls, type) and issubclass(cls, Op) and cls is not Op]

@@ -113,3 +113,39 @@ def sequential(km: Any) -> Any:
     return km.Sequential([km.Input((10, 10, 3)), L.Conv2D(6, 3, use_bias=False, name="c1"),
                           L.BatchNormalization(name="b1"), L.ReLU(name="r1"),
                           L.MaxPooling2D(2, name="p1"), L.Conv2D(2, 1, name="c2")], name="seq")
+
+
+def conv1d_bn(km: Any, *, steps: int = 96, channels: int = 6) -> Any:
+    """A 1-D sensor network: (steps, channels) -> Conv1D 5 -> BN -> LeakyReLU -> Conv1D 3 stride 2
+    -> BN -> ReLU -> Conv1D 1x1 "head"."""
+    L = km.layers
+    x = inp = km.Input((steps, channels), name="signal")
+    x = L.Conv1D(16, 5, padding="same", use_bias=False, name="c1")(x)
+    x = L.LeakyReLU(0.1, name="a1")(L.BatchNormalization(name="b1")(x))
+    x = L.Conv1D(8, 3, strides=2, padding="same", name="c2")(x)
+    x = L.ReLU(name="a2")(L.BatchNormalization(name="b2")(x))
+    return km.Model(inp, L.Conv1D(4, 1, name="head")(x))
+
+
+def dropouts(km: Any) -> Any:
+    """AlphaDropout and SpatialDropout2D (identities at inference) before stride-2 'same'
+    convolutions on odd and even sizes, whose pads depend on the shapes the dropouts pass on."""
+    L = km.layers
+    x = inp = km.Input((13, 13, 3), name="image")
+    x = L.AlphaDropout(0.1, name="alpha_drop")(x)
+    x = L.Conv2D(8, 3, strides=2, padding="same", name="c1")(x)
+    x = L.ReLU(name="a1")(L.BatchNormalization(name="b1")(x))
+    x = L.SpatialDropout2D(0.2, name="spatial_drop")(x)
+    x = L.Conv2D(8, 3, strides=2, padding="same", name="c2")(x)
+    x = L.BatchNormalization(name="b2")(x)
+    x = L.GaussianDropout(0.1, name="gauss_drop")(x)
+    return km.Model(inp, L.Conv2D(4, 3, strides=2, padding="same", name="head")(x))
+
+
+def bilinear(km: Any) -> Any:
+    """Conv -> UpSampling2D bilinear (2x3) -> conv: Keras' resize with half-pixel centres."""
+    L = km.layers
+    x = inp = km.Input((5, 6, 3), name="image")
+    x = L.Conv2D(4, 3, padding="same", name="c1")(x)
+    x = L.UpSampling2D((2, 3), interpolation="bilinear", name="up")(x)
+    return km.Model(inp, L.Conv2D(2, 1, name="head")(x))

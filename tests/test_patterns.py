@@ -255,3 +255,58 @@ def test_space_to_depth_needs_even_sizes():
     assert kind.shape(params, [(6, 4, 3)]) == (3, 2, 12)
     with pytest.raises(ExportError, match="even height and width.*5x4"):
         kind.shape(params, [(5, 4, 3)])
+
+
+@pytest.mark.parametrize("flavour", ["keras2-h5", "keras"])
+def test_conv1d_bn_exports_as_conv2d_over_one_row(small_model, tmp_path, flavour):
+    """Conv1D -> BN -> LeakyReLU folds into one conv2d entry with a 1 x k kernel over the (W, C)
+    signal (a 1 x W image), weights OHWI (out, 1, k, in); parity holds against Keras."""
+    from models import small
+    model, path = small_model(small.conv1d_bn, flavour)
+    result = export(path, tmp_path / "out")
+    layers = {e["name"]: e for e in result.manifest["layers"]}
+    assert list(layers) == ["c1", "c2", "head"]
+    assert [layers[n]["folded"] for n in layers] == [["b1"], ["b2"], []]
+    assert layers["c1"]["activation"] == {"type": "leaky_relu", "alpha": 0.1}
+    assert layers["c2"]["kernel"] == [1, 3] and layers["c2"]["pad"] == [0, 0, 0, 1]
+    assert layers["c2"]["weights"]["shape"] == [8, 1, 3, 16] and layers["c2"]["output_shape"] == [48, 8]
+    assert result.manifest["inputs"] == [{"name": "signal", "shape": [96, 6]}]
+    kernel = model.get_layer("c1").get_weights()[0]                       # (k, in, out)
+    s, _ = _bn_s_t(model, "b1")
+    w = _read(tmp_path / "out", layers["c1"]["weights"])
+    np.testing.assert_array_equal(w[:, 0], (kernel.transpose(2, 0, 1) * s[:, None, None]).astype(np.float32))
+    report = verify_export(path, tmp_path / "out")
+    assert report.passed and len(report.checks) == 2, report.text()
+
+
+def test_dropouts_before_strided_same_convs(small_model, tmp_path):
+    """AlphaDropout, SpatialDropout2D and GaussianDropout vanish; the convs after them get the pads
+    of the shapes the dropouts passed on (13 -> 7 -> 4 -> 2)."""
+    from models import small
+    _, path = small_model(small.dropouts, "keras2-h5")
+    layers = {e["name"]: e for e in export(path, tmp_path / "out").manifest["layers"]}
+    assert list(layers) == ["c1", "c2", "head"]
+    assert [layers[n]["pad"] for n in layers] == [[1, 1, 1, 1], [1, 1, 1, 1], [0, 1, 0, 1]]
+    assert layers["c2"]["folded"] == ["b2"] and layers["head"]["output_shape"] == [2, 2, 4]
+    report = verify_export(path, tmp_path / "out")
+    assert report.passed, report.text()
+
+
+def test_bilinear_upsampling(small_model, tmp_path):
+    """UpSampling2D bilinear: an upsampling2d entry the reference executor and the rebuild both run
+    as Keras does; and it is not nearest (the reference's nearest result is far off)."""
+    from models import small
+    from kerasfold.targets.mps.read import load_export
+    from kerasfold.verify.reference import run
+    model, path = small_model(small.bilinear, "keras")
+    layers = {e["name"]: e for e in export(path, tmp_path / "out").manifest["layers"]}
+    assert layers["up"]["interpolation"] == "bilinear" and layers["up"]["size"] == [2, 3]
+    report = verify_export(path, tmp_path / "out", compute="float32")
+    assert report.passed and {c.label for c in report.checks} == {"parity", "reference"}, report.text()
+    x = np.random.default_rng(1).random((1, 5, 6, 3), dtype=np.float32)
+    got = run(load_export(tmp_path / "out"), [x], keep=True)["up"]
+    want = np.asarray(model.get_layer("up")(model.get_layer("c1")(x)))
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    graph = load_export(tmp_path / "out").graph()
+    graph.nodes["up"].op.interpolation = "nearest"
+    assert np.max(np.abs(run(graph, [x], keep=True)["up"] - want)) > 1e-2

@@ -604,8 +604,12 @@ def test_unknown_type_names_layer_and_supported_types(tmp_path, xs):
         run(export, xs[:1])
     assert info.value.layer == "mystery"
     message = str(info.value)
-    assert "layer 'mystery'" in message and "keras_layer" in message
-    assert all(t in message for t in ("conv2d", "max_pool2d", "space_to_depth"))
+    assert "layer 'mystery'" in message and "Opaque 'Lambda'" in message
+    assert all(t in message for t in ("Conv2D", "Pool2D", "SpaceToDepth"))
+    strange = write_export(tmp_path / "f", {"a": (6, 8, 3)}, [
+        {"name": "odd", "type": "warp_field", "inputs": ["a"]}])
+    with pytest.raises(ExportError, match="layer 'odd'.*FORMAT.md.*conv2d.*received 'warp_field'"):
+        run(strange, xs[:1])
 
 
 def test_unknown_activation_names_layer(tmp_path, xs):

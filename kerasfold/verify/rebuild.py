@@ -15,6 +15,7 @@ import numpy as np
 from .. import ops
 from ..errors import ExportError, UnsupportedLayer
 from ..graph import Graph
+from ..kinds.identity import IDENTITY_CLASSES
 from ..kinds.lambdas import LAMBDA
 from ..kinds.base import Fields
 from ..readers.layers import Layer, Model
@@ -287,6 +288,9 @@ def from_graph(graph: Model, input_shapes: dict[str, tuple]) -> Any:
             # a recognised Lambda: TensorFlow's own op
             tf_op = _tf_space_to_depth()
             tensors[node.name] = keras.layers.Lambda(tf_op)(tensors[node.inputs[0]])
+            continue
+        if node.kind in IDENTITY_CLASSES:             # Dropout & co.: the identity at inference
+            tensors[node.name] = tensors[node.inputs[0]]
             continue
         if node.layer not in layers:
             config = keras3_config(node.kind, node.config)

@@ -13,6 +13,8 @@ import pytest
 from kerasfold.verify import main as verify_main
 from kerasfold.yolo2metal import main as export_main
 
+from models import small
+
 from conftest import copy_tree, read_manifest, run_module
 
 FLAVOURS = ("keras2-h5", "keras3-h5", "keras")
@@ -120,8 +122,9 @@ def test_verify_option_passes_and_prints_the_figures(tiny_yolo, tmp_path, capsys
     assert 0 < max_rel <= 1e-5 and 0 < max_abs
 
 
-def test_verify_option_fails_below_the_tolerance_even_quiet(tiny_yolo, tmp_path, capsys):
-    args = [str(tiny_yolo["keras2-h5"]), str(tmp_path / "out"), "--verify", "--tolerance", "1e-9", "-q"]
+def test_verify_option_fails_below_the_tolerance_even_quiet(small_model, tmp_path, capsys):
+    _, model = small_model(small.conv_bn_act, "keras2-h5")
+    args = [str(model), str(tmp_path / "out"), "--verify", "--tolerance", "1e-9", "-q"]
     assert export_main(args) == 1
     text = capsys.readouterr().out
     assert text.startswith("parity FAIL") and "tolerance 1e-09" in text
@@ -139,8 +142,9 @@ def test_graph_rebuilt_original_passes(tiny_yolo, tiny_yolo_export, capsys):
     assert "parity PASS" in text and "original rebuilt from the graph" in text
 
 
-def test_tolerance_changes_the_verdict(tiny_yolo, tiny_yolo_export, capsys):
-    assert verify_main([str(tiny_yolo["keras2-h5"]), str(tiny_yolo_export), "--tolerance", "1e-9"]) == 1
+def test_tolerance_changes_the_verdict(small_model, small_export, capsys):
+    _, model = small_model(small.conv_bn_act)
+    assert verify_main([str(model), str(small_export), "--tolerance", "1e-9"]) == 1
     text = capsys.readouterr().out
     assert "parity FAIL" in text and "tolerance 1e-09" in text
     assert 1e-9 < float(FIGURES.search(text).group(2)) <= 1e-5      # the default would have passed
@@ -161,10 +165,11 @@ def _tamper(src, dst, layer, rehash):
     return out
 
 
-def test_tampered_bin_fails_parity(tiny_yolo, tiny_yolo_export, tmp_path):
+def test_tampered_bin_fails_parity(small_model, small_export, tmp_path):
     """Weights changed and the hash updated to match: only the parity check can see it."""
-    out = _tamper(tiny_yolo_export, tmp_path / "tampered", "conv2d_5", rehash=True)
-    proc = run_module("kerasfold.verify", tiny_yolo["keras2-h5"], out)
+    _, model = small_model(small.conv_bn_act)
+    out = _tamper(small_export, tmp_path / "tampered", "conv", rehash=True)
+    proc = run_module("kerasfold.verify", model, out)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "parity FAIL" in proc.stdout and "sha256" not in proc.stdout
     assert float(FIGURES.search(proc.stdout).group(2)) > 1e-4        # far above the tolerance

@@ -73,8 +73,7 @@ def lower_layer(layer: Layer, shapes: list[Shape | None]) -> tuple[ops.Op, Shape
         if layer.weights:
             raise UnsupportedLayer(f"expected a layer the exporter supports ({', '.join(weighted_classes())}), "
                                    f"received {layer.kind} with weights {sorted(layer.weights)}")
-        what = f"Lambda '{layer.config.get('function')}'" if layer.kind == "Lambda" else layer.kind
-        warnings.warn(f"layer '{layer.name}': no rule for {what}; exported by class name and config",
+        warnings.warn(f"layer '{layer.name}': no rule for {layer.kind}; exported by class name and config",
                       UnknownLayerWarning, stacklevel=2)
         config = layer.config if isinstance(layer.config, dict) else {}
         return ops.Opaque(class_name=layer.kind, config=lambdas.opaque_config(config)), None

@@ -53,6 +53,7 @@ BATCH_NORM = Kind(("BatchNormalization",), _bn_params, same, _bn_lower, _bn_vari
 
 @dataclass(frozen=True)
 class NormalizationParams:
+    axis: int
     mean: Any                                   # given in the config (a number or list), or None
     variance: Any
 
@@ -60,10 +61,7 @@ class NormalizationParams:
 def _normalization_params(f: Fields) -> NormalizationParams:
     if f.bool("invert", False):
         raise ExportError("expected Normalization with invert=False, received invert=True")
-    axis = f.raw.get("axis", -1)
-    if axis not in (-1, [-1], (-1,)):
-        raise ExportError(f"expected Normalization over the last axis (axis -1), received axis {axis!r}")
-    return NormalizationParams(f.raw.get("mean"), f.raw.get("variance"))
+    return NormalizationParams(f.axis(), f.raw.get("mean"), f.raw.get("variance"))
 
 
 def _normalization_variables(p: NormalizationParams, cin: int | None) -> dict[str, tuple | None]:
@@ -83,6 +81,8 @@ def _per_channel(values: Any, channels: int | None, what: str) -> np.ndarray:
 
 
 def _normalization_lower(p: NormalizationParams, w: Weights, shapes: list[Shape]) -> ops.Op:
+    if not normalises_channels(p.axis, shapes[0]):
+        raise ExportError(f"expected Normalization over the last (channel) axis, received axis {p.axis}")
     stats = w if p.mean is None else {"mean": p.mean, "variance": p.variance}
     channels = shapes[0][-1] if shapes[0] else None
     mean = _per_channel(stats["mean"], channels, "mean")

@@ -130,3 +130,18 @@ def test_written_entries_decode_into_the_same_operation(class_name, tmp_path):
     for field in ("strides", "dilation", "pad", "size", "axis", "target", "interpolation", "crop"):
         if hasattr(op, field):
             assert tuple(np.atleast_1d(getattr(back, field))) == tuple(np.atleast_1d(getattr(op, field))), field
+
+
+@pytest.mark.parametrize("axis, ok", [(-1, True), ([3], True), (3, True), (1, False), ([2], False)])
+def test_normalization_axis_is_checked_against_the_rank(axis, ok):
+    """keras.applications' EfficientNet writes axis [3] (the channels of a 4-D tensor): accepted;
+    a spatial axis is refused with a one-line error naming the axis."""
+    from kerasfold.errors import ExportError
+    layer = Layer(name="n", kind="Normalization", config={"axis": axis, "mean": [0.1, 0.2, 0.3],
+                                                          "variance": [1.0, 2.0, 3.0]}, inputs=["x"])
+    if ok:
+        op, shape = lower_layer(layer, [(4, 4, 3)])
+        assert isinstance(op, ops.Normalization) and shape == (4, 4, 3)
+    else:
+        with pytest.raises(ExportError, match="expected Normalization over the last"):
+            lower_layer(layer, [(4, 4, 3)])

@@ -17,10 +17,6 @@ def _channels_last(f: Fields) -> None:
     f.choice("data_format", ("channels_last",), "channels_last")
 
 
-def _cin(shapes: list[Shape], what: str) -> int | None:
-    return image(shapes[0], what)[2] if shapes[0] is not None else None
-
-
 @dataclass(frozen=True)
 class ConvParams:
     filters: int

@@ -378,9 +378,8 @@ def _resize(op: ops.Resize, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     sh, sw = op.size
     if op.interpolation == "nearest":
         return np.repeat(np.repeat(x, sh, axis=1), sw, axis=2)
-    dt = x.dtype.type
     lo, hi, t = _bilinear_axis(x.shape[1], sh)
-    x = x[:, lo] * dt(1) + (x[:, hi] - x[:, lo]) * t.astype(x.dtype)[None, :, None, None]
+    x = x[:, lo] + (x[:, hi] - x[:, lo]) * t.astype(x.dtype)[None, :, None, None]
     lo, hi, t = _bilinear_axis(x.shape[2], sw)
     return x[:, :, lo] + (x[:, :, hi] - x[:, :, lo]) * t.astype(x.dtype)[None, None, :, None]
 

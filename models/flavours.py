@@ -34,7 +34,9 @@ def copy_weights(src: Any, dst: Any) -> None:
             copy_weights(layer, target)
             continue
         by_name = {_short(v.name): np.asarray(v.numpy()) for v in layer.weights}
-        target.set_weights([by_name[_short(v.name)] for v in target.weights])
+        # Keras 3.15 names a DepthwiseConv2D's kernel "kernel", Keras 2 "depthwise_kernel"
+        target.set_weights([by_name[_short(v.name)] if _short(v.name) in by_name else by_name["kernel"]
+                            for v in target.weights])
 
 
 def seed_weights(model: Any, rng: np.random.Generator) -> Any:

@@ -149,3 +149,26 @@ def bilinear(km: Any) -> Any:
     x = L.Conv2D(4, 3, padding="same", name="c1")(x)
     x = L.UpSampling2D((2, 3), interpolation="bilinear", name="up")(x)
     return km.Model(inp, L.Conv2D(2, 1, name="head")(x))
+
+
+def mixed(km: Any) -> Any:
+    """A real-world-style network in miniature, the fuzz harness's seed: YOLO's conv -> BN -> leaky
+    and max pools, MobileNet's depthwise -> BN -> ReLU6, a residual Add, a route Concatenate after an
+    upsampling, zero padding, and a classifier head (global pool -> Dense -> softmax)."""
+    L = km.layers
+    x = inp = km.Input((16, 16, 3), name="image")
+    x = L.Conv2D(8, 3, padding="same", use_bias=False, name="conv_1")(x)
+    x = L.LeakyReLU(0.1, name="leaky_1")(L.BatchNormalization(name="bn_1")(x))
+    route = x
+    x = L.MaxPooling2D(2, name="pool_1")(x)
+    y = L.DepthwiseConv2D(3, padding="same", use_bias=False, name="dw_2")(x)
+    y = L.ReLU(6.0, name="relu6_2")(L.BatchNormalization(name="bn_2")(y))
+    y = L.Conv2D(8, 1, use_bias=False, name="pw_2")(y)
+    x = L.Add(name="residual")([x, L.BatchNormalization(name="bn_3")(y)])
+    x = L.UpSampling2D(2, name="up")(x)
+    x = L.Concatenate(name="route")([x, route])
+    x = L.ZeroPadding2D(1, name="pad")(x)
+    x = L.Conv2D(12, 3, strides=2, name="conv_4")(x)
+    x = L.Activation("relu", name="relu_4")(L.BatchNormalization(name="bn_4")(x))
+    x = L.GlobalAveragePooling2D(name="gap")(x)
+    return km.Model(inp, L.Dense(5, activation="softmax", name="classes")(x))

@@ -25,13 +25,22 @@ class ExportError(Exception):
             where.append(str(self.file))
         if self.layer:
             where.append(f"layer '{self.layer}'")
-        return f"{': '.join(where)}: {self.message}" if where else self.message
+        text = f"{': '.join(where)}: {self.message}" if where else self.message
+        return one_line(text)
 
     def at(self, *, file: str | None = None, layer: str | None = None) -> "ExportError":
         """The same error with the file and/or layer filled in where still unknown."""
         self.file = self.file or file
         self.layer = self.layer or layer
         return self
+
+
+def one_line(text: str) -> str:
+    """``text`` with every non-printable character (newline, carriage return, other controls, line
+    separators) escaped as ``repr`` would, so that a layer name from a file cannot break the line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
 
 
 class ConfigError(ExportError):

@@ -20,7 +20,7 @@ import pytest
 
 from kerasfold import FORMAT_NAME, FORMAT_VERSION
 from kerasfold.kinds.activation import NAMES as _NAMES
-from kerasfold.errors import ExportError
+from kerasfold.errors import ExportError, UnsupportedLayer
 from kerasfold.targets.mps.read import load_export
 from kerasfold.targets.mps.offsets import entry_offset, mps_offset, offset_for, window_start
 from kerasfold.verify.reference import ACTIVATIONS, OPS, apply_activation, run
@@ -606,10 +606,9 @@ def test_unknown_type_names_layer_and_supported_types(tmp_path, xs):
     message = str(info.value)
     assert "layer 'mystery'" in message and "Opaque 'Lambda'" in message
     assert all(t in message for t in ("Conv2D", "Pool2D", "SpaceToDepth"))
-    strange = write_export(tmp_path / "f", {"a": (6, 8, 3)}, [
-        {"name": "odd", "type": "warp_field", "inputs": ["a"]}])
-    with pytest.raises(ExportError, match="layer 'odd'.*FORMAT.md.*conv2d.*received 'warp_field'"):
-        run(strange, xs[:1])
+    with pytest.raises(UnsupportedLayer, match="layer 'odd'.*FORMAT.md.*conv2d.*received 'warp_field'"):
+        write_export(tmp_path / "f", {"a": (6, 8, 3)}, [            # refused on load (schema.py)
+            {"name": "odd", "type": "warp_field", "inputs": ["a"]}])
 
 
 def test_unknown_activation_names_layer(tmp_path, xs):

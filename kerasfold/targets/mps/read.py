@@ -5,24 +5,24 @@ and the whole network decoded into typed operations (layouts undone by operation
     graph = export.graph()                    # ops with Keras-layout weights, pads from the manifest
     graph = export.graph(windows="offset")    # pads derived from each entry's MPS ``offset`` instead
 
-numpy only; the verifier and any other reader of an export start here.
+numpy, and jsonschema for the manifest (schema.py); the verifier and any other reader of an export
+start here.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
-from ... import FORMAT_NAME, FORMAT_VERSION, ops
+from ... import ops
 from ...errors import ExportError, UnsupportedLayer
 from ...graph import Graph, Node, SourceInfo
 from . import layouts
 from .offsets import effective_kernel, entry_geometry, entry_offset
-from .writer import MANIFEST
+from .schema import read_manifest
 
 WINDOWS = ("pad", "offset")
 
@@ -69,19 +69,10 @@ class Export:
 
 
 def load_export(out: str | Path) -> Export:
+    """The export in ``out``, its manifest validated first (schema.py): a manifest that does not
+    match FORMAT.md, or that names a file outside ``out``, is refused before anything is read."""
     root = Path(out)
-    try:
-        manifest = json.loads((root / MANIFEST).read_text(encoding="utf-8"))
-    except OSError as err:
-        raise ExportError(f"expected an export with {MANIFEST}, received {err.strerror}",
-                          file=str(root)) from err
-    except json.JSONDecodeError as err:
-        raise ExportError(f"expected {MANIFEST} as JSON, received invalid JSON ({err})",
-                          file=str(root)) from err
-    if manifest.get("format") != FORMAT_NAME or manifest.get("version") != FORMAT_VERSION:
-        raise ExportError(f"expected format {FORMAT_NAME} version {FORMAT_VERSION}, received "
-                          f"{manifest.get('format')} version {manifest.get('version')}", file=str(root))
-    return Export(root=root, manifest=manifest)
+    return Export(root=root, manifest=read_manifest(root))
 
 
 # -- entries -> operations (the inverse of entries.py) --------------------------------------------

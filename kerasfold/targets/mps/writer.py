@@ -14,8 +14,8 @@ from ...errors import ExportError
 from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
+from .schema import MANIFEST, read_manifest
 
-MANIFEST = "manifest.json"
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -70,17 +70,19 @@ def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> di
 
 
 def _export_files(out: Path) -> set[str] | None:
-    """The file names of the kerasfold export in ``out`` (manifest included), or None when its
-    manifest.json is missing or not kerasfold's."""
+    """The file names of the kerasfold export in ``out`` (manifest included), or None when it
+    holds no manifest.json. A manifest.json that is not a valid kerasfold manifest is refused."""
+    if not (out / MANIFEST).exists() and not (out / MANIFEST).is_symlink():
+        return None
     try:
-        manifest = json.loads((out / MANIFEST).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
-        return None
+        manifest = read_manifest(out)
+    except ExportError as err:
+        raise ExportError("expected OUT to be empty or a previous kerasfold export, received a "
+                          f"manifest.json that is not kerasfold's ({err.message}); refusing to replace it",
+                          file=str(out)) from err
     names = {MANIFEST}
-    for layer in manifest.get("layers", []):
-        names.update(v["file"] for v in layer.values() if isinstance(v, dict) and "file" in v)
+    for layer in manifest["layers"]:
+        names.update(layer[key]["file"] for key in ("weights", "bias") if key in layer)
     return names
 
 

@@ -122,8 +122,8 @@ def main() -> None:
         print(f"kills: {args.n} ({kills['SIGKILL']} SIGKILL, {kills['SIGTERM']} SIGTERM) at random "
               f"moments in 0..{duration:.2f} s; {finished_first} finished before their signal")
         print(f"kills that left a staging folder: {left_kill} of SIGKILL, {left_term} of SIGTERM")
-        print(f"staging folders left after the next run: {left_after}; next runs not matching "
-              f"their reference: {next_bad}")
+        print(f"staging folders left after the next runs (summed over the {args.n}): {left_after}; "
+              f"next runs not matching their reference: {next_bad}")
         print(f"OUT after a kill: old {counts['old']}, new {counts['new']}, broken {counts['broken']}")
         print("SIGTERM exit statuses: " + ", ".join(f"{c}: {k}" for c, k in sorted(term_codes.items())))
         print(f"{time.perf_counter() - began:.1f} s for the kills and the runs after them")

@@ -1,6 +1,8 @@
 """What both command lines share: one-line errors, warnings as lines, exit codes.
 
 Exit codes: 0 success, 1 the parity check failed, 2 bad input (file, layer, OUT), 3 internal error.
+Ctrl-C (KeyboardInterrupt) exits 130; a SIGTERM during the export removes the staging directory
+and then ends the process by SIGTERM (143 in a shell; see ``kerasfold.targets.mps.atomic``).
 """
 from __future__ import annotations
 

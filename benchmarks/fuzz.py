@@ -212,7 +212,7 @@ def tally(results: list[dict]) -> dict:
                           for f in sorted({r["family"] for r in results})},
             "problems": dict(problems),
             "crash_sites": sorted({p[6:] for r in results for p in r["problems"] if p.startswith("crash")}),
-            "bad_cases": [r["case"] for r in results if r["problems"]],
+            "bad_cases": {r["case"]: r["problems"] for r in results if r["problems"]},
             "slowest_s": max((r["seconds"] for r in results), default=0.0)}
 
 

@@ -156,7 +156,8 @@ def _bad_array(old: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, s
     if how == 1:
         return np.full(old.shape, np.inf, np.float32), "all +inf"
     if how == 2:
-        return (old.astype(np.float64) * 1e38).astype(np.float32), "scaled by 1e38"
+        with np.errstate(over="ignore"):
+            return (old.astype(np.float64) * 1e38).astype(np.float32), "scaled by 1e38"
     if how == 3:
         return np.zeros(old.shape[:-1] + (old.shape[-1] + 1,) if old.ndim else (2,), np.float32), "reshaped"
     if how == 4:

@@ -11,7 +11,7 @@ import traceback
 import warnings
 from typing import Callable
 
-from .errors import ExportError
+from .errors import ExportError, one_line
 
 EXIT_OK, EXIT_PARITY, EXIT_INPUT, EXIT_INTERNAL = 0, 1, 2, 3
 
@@ -37,13 +37,17 @@ def run(main: Callable[[], int], prog: str) -> int:
         except ExportError as err:
             code = EXIT_INPUT
             print(f"{prog}: error: {err}", file=sys.stderr)
+        except MemoryError:                                  # sizes from an untrusted file, beyond RAM
+            code = EXIT_INPUT
+            print(f"{prog}: error: expected a network that fits in memory, received one whose tensors "
+                  "do not (MemoryError)", file=sys.stderr)
         except KeyboardInterrupt:
             code = 130
         except Exception:                                    # a bug of ours: say so, keep the trace
             traceback.print_exc()
             print(f"{prog}: internal error (please report it with the trace above)", file=sys.stderr)
             code = EXIT_INTERNAL
-    for w in caught:
+    for w in caught if code != EXIT_INPUT else ():          # a refused input: the error line alone
         if w.category.__module__.startswith("kerasfold"):
-            print(f"{prog}: warning: {w.message}", file=sys.stderr)
+            print(f"{prog}: warning: {one_line(str(w.message))}", file=sys.stderr)
     return code

@@ -30,6 +30,7 @@ class ExportOptions:
     forge_names: bool = False                     # conv files named conv1..convN (Forge's YOLO)
     input_size: tuple[int, int] | None = None     # for models saved with an unknown H, W
     fold: bool = True                             # False: BN and activations stay separate entries
+    allow_opaque: bool = False                    # unknown weightless layers: opaque entries, not errors
 
 
 @dataclass
@@ -60,12 +61,14 @@ def _nbytes(info: dict[str, Any]) -> int:
     return count * (2 if info["dtype"] == "float16" else 4)
 
 
-def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int] | None = None) -> Graph:
+def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int] | None = None,
+            allow_opaque: bool = False) -> Graph:
     """Read, lower and rewrite a model: the graph of typed operations every target starts from.
-    ``fold=False`` keeps BatchNormalization (as a per-channel scale/bias) and activations apart."""
+    ``fold=False`` keeps BatchNormalization (as a per-channel scale/bias) and activations apart;
+    ``allow_opaque`` lets unknown weightless layers through as opaque operations."""
     raw = read_model(model)
     try:
-        return run_passes(lower(raw, input_size), fold=fold)
+        return run_passes(lower(raw, input_size, allow_opaque), fold=fold)
     except ExportError as err:
         raise err.at(file=str(model))
 
@@ -75,7 +78,7 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
-    graph = prepare(model, fold=options.fold, input_size=options.input_size)
+    graph = prepare(model, fold=options.fold, input_size=options.input_size, allow_opaque=options.allow_opaque)
     try:
         entries = emit(graph, options.dtype)
     except ExportError as err:

@@ -33,6 +33,10 @@ def parser() -> argparse.ArgumentParser:
                    "example loads them")
     p.add_argument("--input-size", type=parse_size, metavar="HxW",
                    help="input height and width, for models saved without a fixed input size")
+    p.add_argument("--allow-opaque", action="store_true",
+                   help="write a layer kerasfold cannot run (an unknown weightless layer, an "
+                   "unrecognised Lambda) as an opaque keras_layer entry instead of failing; "
+                   "--verify then cannot check the export")
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
     return p
 
@@ -42,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def job() -> int:
         options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names,
-                                input_size=args.input_size, fold=not args.no_fold)
+                                input_size=args.input_size, fold=not args.no_fold,
+                                allow_opaque=args.allow_opaque)
         result = export(args.model, args.out, options)
         for line in result.warnings():
             print(f"{PROG}: warning: {line}", file=sys.stderr)

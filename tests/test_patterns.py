@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from kerasfold.pipeline import export
+from kerasfold.pipeline import ExportOptions, export
 from kerasfold.verify import verify_export
 from models.small import build
 
@@ -187,17 +187,29 @@ def test_shared_layer_and_several_inputs_outputs(tmp_path):
     assert [i["name"] for i in m["inputs"]] == ["left", "right"] and len(m["outputs"]) == 2
 
 
-def test_unknown_parameterless_layer_is_an_entry_with_a_warning(tmp_path):
+def test_unknown_parameterless_layer_is_refused_unless_allowed_opaque(tmp_path):
+    """Permute has no rule: exit 2 naming it and listing the supported classes; with --allow-opaque
+    an opaque entry and a warning, and the verifier refuses to call such an export proven."""
+    from kerasfold.errors import UnsupportedLayer
     from kerasfold.kinds import UnknownLayerWarning
 
     def arch(k):
         x = inp = k.Input((4, 4, 3))
         x = k.layers.Conv2D(3, 1, name="c")(x)
         return k.Model(inp, k.layers.Permute((2, 1, 3), name="perm")(x))
-    with pytest.warns(UnknownLayerWarning, match="'perm'.*Permute"):
-        _, layers, _ = _export(arch, tmp_path)
+    path = tmp_path / "m.keras"
+    build(arch).save(path)
+    with pytest.raises(UnsupportedLayer, match=r"layer 'perm': expected a layer kerasfold can run "
+                                               r"\(.*BatchNormalization, .*\), received Permute; --allow-opaque"):
+        export(path, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    with pytest.warns(UnknownLayerWarning, match="'perm'.*Permute.*opaque"):
+        result = export(path, tmp_path / "out", ExportOptions(allow_opaque=True))
+    layers = {e["name"]: e for e in result.manifest["layers"]}
     assert layers["perm"]["type"] == "keras_layer" and layers["perm"]["class_name"] == "Permute"
     assert layers["perm"]["config"]["dims"] == [2, 1, 3]
+    with pytest.raises(UnsupportedLayer, match="layer 'perm'.*opaque keras_layer entry of a Permute"):
+        verify_export(path, tmp_path / "out")
 
 
 def test_unsupported_weighted_layer_lists_the_supported(tmp_path):
@@ -227,8 +239,10 @@ def test_normalization_at_the_input(tmp_path):
     np.testing.assert_allclose(_read(out, e["bias"]), [-0.4 / 0.2, -0.5 / 0.3, -0.6e7], rtol=1e-6)
 
 
-def test_other_lambda_is_opaque_never_executed(tmp_path):
-    """A Lambda that is not space_to_depth_x2: an entry named by its config, a warning, no code run."""
+def test_other_lambda_is_refused_or_opaque_never_executed(tmp_path):
+    """A Lambda that is not space_to_depth_x2: refused by its function's name (never its bytecode);
+    with allow_opaque an entry named by its config and a warning; no code run either way."""
+    from kerasfold.errors import UnsupportedLayer
     from kerasfold.kinds import UnknownLayerWarning
 
     def arch(k):
@@ -237,11 +251,15 @@ def test_other_lambda_is_opaque_never_executed(tmp_path):
         return k.Model(inp, k.layers.Lambda(lambda t: t * 2.0, name="double")(x))
     path = tmp_path / "lambda.keras"
     build(arch).save(path)
-    with pytest.warns(UnknownLayerWarning, match="'double'.*Lambda"):
-        result = export(path, tmp_path / "out")
+    with pytest.raises(UnsupportedLayer, match="layer 'double'.*received Lambda '<lambda>'") as caught:
+        export(path, tmp_path / "out")
+    assert "4wEA" not in str(caught.value)                                # no base64 bytecode
+    with pytest.warns(UnknownLayerWarning, match="'double'.*Lambda '<lambda>'"):
+        result = export(path, tmp_path / "out", ExportOptions(allow_opaque=True))
     entry = next(e for e in result.manifest["layers"] if e["name"] == "double")
     assert entry["type"] == "keras_layer" and entry["class_name"] == "Lambda"
     assert entry["config"]["function"] == "<bytecode>"                  # named, not copied
+    assert entry["config"]["function_name"] == "<lambda>"
 
 
 def test_space_to_depth_needs_even_sizes():

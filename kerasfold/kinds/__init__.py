@@ -5,8 +5,9 @@
                                              lowered to one ``kerasfold.ops`` operation
 
 A kind (``kinds/<family>.py``) is the one place that knows a Keras layer family. A class with no
-kind is an opaque entry when it has no weights (with a warning), an :class:`UnsupportedLayer`
-error listing the supported classes when it has.
+kind, or a Lambda that is not recognised, is an :class:`UnsupportedLayer` error listing the
+supported classes; with ``allow_opaque`` a weightless one becomes an opaque entry (with a warning)
+that no target and no check can run.
 """
 from __future__ import annotations
 
@@ -66,22 +67,37 @@ def check_weights(expected: dict[str, tuple | None], weights: dict[str, np.ndarr
             raise ExportError(f"expected finite {key}, received {bad} NaN/Inf values")
 
 
-def lower_layer(layer: Layer, shapes: list[Shape | None]) -> tuple[ops.Op, Shape | None]:
+def supported_classes() -> list[str]:
+    return sorted(KINDS)
+
+
+def _opaque(layer: Layer, what: str, allow_opaque: bool) -> None:
+    """Refuse a layer kerasfold cannot run, or (``allow_opaque``) warn that it is written opaque."""
+    if not allow_opaque:
+        raise UnsupportedLayer(f"expected a layer kerasfold can run ({', '.join(supported_classes())}), "
+                               f"received {what}; --allow-opaque writes it as an opaque keras_layer "
+                               "entry that nothing can check")
+    warnings.warn(f"layer '{layer.name}': no rule for {what}; exported by class name and config "
+                  "(an opaque entry: no check runs through it)", UnknownLayerWarning, stacklevel=3)
+
+
+def lower_layer(layer: Layer, shapes: list[Shape | None],
+                allow_opaque: bool = False) -> tuple[ops.Op, Shape | None]:
     """One layer call -> (operation, output shape). Raises ExportError naming the field."""
+    if not shapes:
+        raise ConfigError(f"expected the {layer.kind} layer called on at least one input (inbound_nodes), "
+                          "received none")
     kind = KINDS.get(layer.kind)
     if kind is None:
         if layer.weights:
             raise UnsupportedLayer(f"expected a layer the exporter supports ({', '.join(weighted_classes())}), "
                                    f"received {layer.kind} with weights {sorted(layer.weights)}")
-        warnings.warn(f"layer '{layer.name}': no rule for {layer.kind}; exported by class name and config",
-                      UnknownLayerWarning, stacklevel=2)
+        _opaque(layer, layer.kind, allow_opaque)
         config = layer.config if isinstance(layer.config, dict) else {}
         return ops.Opaque(class_name=layer.kind, config=lambdas.opaque_config(config)), None
     params = kind.parse(Fields(layer.config, layer.kind, layer=layer.layer, constants=tuple(layer.constants)))
     if layer.kind == "Lambda" and not params.space_to_depth:
-        what = f"Lambda '{layer.config.get('function')}'"
-        warnings.warn(f"layer '{layer.name}': no rule for {what}; exported by class name and config",
-                      UnknownLayerWarning, stacklevel=2)
+        _opaque(layer, f"Lambda '{lambdas.function_name(layer.config)}'", allow_opaque)
     cin = shapes[0][-1] if shapes and shapes[0] else None
     check_weights(kind.variables(params, cin), layer.weights)
     shape = kind.shape(params, shapes)
@@ -104,15 +120,16 @@ def apply_input_size(model: Model, size: tuple[int, int] | None) -> dict[str, Sh
     return shapes
 
 
-def lower(model: Model, input_size: tuple[int, int] | None = None) -> Graph:
-    """Every layer call of ``model`` as a typed operation, in topological order."""
+def lower(model: Model, input_size: tuple[int, int] | None = None, allow_opaque: bool = False) -> Graph:
+    """Every layer call of ``model`` as a typed operation, in topological order; ``allow_opaque``:
+    see :func:`lower_layer`."""
     inputs = apply_input_size(model, input_size)
     graph = Graph(inputs=inputs, nodes={}, outputs=list(model.outputs), source=model.source)
     for layer in model:
         if layer.is_input:
             continue
         try:
-            op, shape = lower_layer(layer, [graph.shape(i) for i in layer.inputs])
+            op, shape = lower_layer(layer, [graph.shape(i) for i in layer.inputs], allow_opaque)
         except ExportError as err:
             raise err.at(layer=layer.name)
         graph.nodes[layer.name] = Node(name=layer.name, op=op, inputs=list(layer.inputs), shape=shape,

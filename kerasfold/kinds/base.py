@@ -65,7 +65,7 @@ class Fields:
         value = self.get(key, default)
         if isinstance(value, (list, tuple)) and len(value) == 1:
             value = value[0]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value) \
+        if not (_is_int(value) or (isinstance(value, float) and value.is_integer())) \
                 or (lo is not None and value < lo):
             raise self._bad(key, "as an integer" + (f" >= {lo}" if lo is not None else ""), value)
         return int(value)

@@ -40,9 +40,67 @@ def names_function(config: dict, name: str) -> bool:
     return name.encode() in raw
 
 
+_STRING_TYPES = {ord(c): c for c in "zZauAt"}       # marshal's str objects (short ascii, ascii, unicode)
+
+
+def _marshalled_strings(raw: bytes):
+    """(start, end, text) of every plausible marshal str object in ``raw``, in order."""
+    i = 0
+    while i < len(raw) - 1:
+        kind = _STRING_TYPES.get(raw[i] & 0x7F)              # 0x80 is marshal's FLAG_REF
+        if kind is not None:
+            short = kind in "zZ"
+            size = raw[i + 1] if short else int.from_bytes(raw[i + 1:i + 5], "little")
+            start = i + (2 if short else 5)
+            if 0 < size <= 256 and start + size <= len(raw):
+                try:
+                    yield i, start + size, raw[start:start + size].decode("utf-8")
+                except UnicodeDecodeError:
+                    pass
+        i += 1
+
+
+def _bytecode_name(code: str) -> str | None:
+    """The function name inside Keras 2's base64 marshalled code, read as data (never unmarshalled):
+    CPython writes ``co_name`` right after ``co_filename``."""
+    try:
+        raw = base64.b64decode(code.encode("ascii"), validate=False)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        return None
+    strings = list(_marshalled_strings(raw))
+    for (_, end, text), (start, _, name) in zip(strings, strings[1:]):
+        filename = text.endswith(".py") or (text.startswith("<") and text.endswith(">"))
+        if filename and start == end and (name.isidentifier() or name == "<lambda>"):
+            return name
+    return None
+
+
+def function_name(config: Any) -> str:
+    """A Lambda's function as a user knows it (``space_to_depth_x2``, ``<lambda>``), for messages;
+    never its bytecode."""
+    if not isinstance(config, dict):
+        return "<bytecode>"
+    if isinstance(config.get("function_name"), str):       # an opaque entry's config (opaque_config)
+        return config["function_name"][:80]
+    function = config.get("function")
+    if isinstance(function, dict):                       # Keras 3
+        inner = function.get("config")
+        if isinstance(inner, str):
+            return inner[:80]
+        if function.get("class_name") == "__lambda__" and isinstance(inner, dict):
+            function = inner.get("code")
+    if isinstance(function, str) and function.isidentifier():
+        return function[:80]
+    code = function[0] if isinstance(function, list) and function else function
+    return (_bytecode_name(code) if isinstance(code, str) else None) or "<bytecode>"
+
+
 def opaque_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A config fit for JSON: marshalled Lambda bytecode is named, not copied."""
-    return {k: ("<bytecode>" if k == "function" and not isinstance(v, str) else v) for k, v in config.items()}
+    """A config fit for JSON: marshalled Lambda bytecode is named (``function_name``), not copied."""
+    opaque = {k: ("<bytecode>" if k == "function" and not isinstance(v, str) else v) for k, v in config.items()}
+    if "function" in config:
+        opaque["function_name"] = function_name(config)
+    return opaque
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ import io
 import json
 import re
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from ..errors import ExportError
 from ..graph import SourceInfo
 from .layers import Layer as Node, Model
 from .config import MODEL_CLASSES, class_of, name_of, parse_model_config
+from .hdf5 import probe, raised_by_h5py
 from .variables import canonical_name
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -61,14 +63,18 @@ def _legacy_weights(f: h5py.File, nodes: list[Node]) -> None:
         if n.layer != n.name or top not in root:        # later calls share the first call's arrays
             continue
         group = root[top]
-        for stored in group.attrs.get("weight_names", []):
+        stored_names = group.attrs.get("weight_names", [])
+        if isinstance(stored_names, (str, bytes)) or not hasattr(stored_names, "__iter__"):
+            raise ExportError(f"expected weight_names as a list of names, received {stored_names!r:.60}",
+                              layer=n.name)
+        for stored in stored_names:
             stored = _text(stored)
             parts = stored.split("/")
             if inner and (len(parts) < 2 or parts[-2] != inner[-1]):
                 continue
-            if stored not in group:
-                raise ExportError(f"expected dataset '{stored}' named in weight_names, received none",
-                                  layer=n.name)
+            if not isinstance(group.get(stored), h5py.Dataset):
+                raise ExportError(f"expected dataset '{stored}' named in weight_names, received "
+                                  + ("none" if stored not in group else "a group"), layer=n.name)
             n.weights[canonical_name(n.kind, stored)] = np.asarray(group[stored][()])
     _share_weights(nodes)
 
@@ -142,6 +148,7 @@ def _share_weights(nodes: list[Node]) -> None:
 
 
 def _read_h5(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+    probe(lambda: h5py.File(path, "r"))
     with h5py.File(path, "r") as f:
         if "model_config" not in f.attrs:
             raise ExportError("expected a whole model (attribute 'model_config'), received a "
@@ -155,6 +162,19 @@ def _read_h5(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str
     return config, version, flavour, nodes, ins, outs
 
 
+def _member(z: zipfile.ZipFile, name: str) -> bytes:
+    """One member of a ``.keras`` zip; a damaged, encrypted or oddly compressed one is bad input."""
+    try:
+        return z.read(name)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+        raise ExportError(f"expected {name} readable in the .keras zip, received a damaged member "
+                          f"({type(err).__name__}: {err})") from err
+    except NotImplementedError as err:           # an unknown compression method
+        raise ExportError(f"expected {name} stored or deflated, received {err}") from err
+    except RuntimeError as err:                  # the encrypted flag: a password is required
+        raise ExportError(f"expected {name} unencrypted, received {err}") from err
+
+
 def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
@@ -162,12 +182,13 @@ def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[
             if needed not in names:
                 raise ExportError(f"expected a .keras archive with {needed}, received a zip "
                                   f"holding {sorted(names)[:5]}")
-        config = _json(z.read("config.json"), "config.json")
-        meta = _json(z.read("metadata.json"), "metadata.json") if "metadata.json" in names else {}
+        config = _json(_member(z, "config.json"), "config.json")
+        meta = _json(_member(z, "metadata.json"), "metadata.json") if "metadata.json" in names else {}
         if not isinstance(meta, dict):
             raise ExportError(f"expected metadata.json as an object, received {type(meta).__name__}")
-        weights = z.read("model.weights.h5")
+        weights = _member(z, "model.weights.h5")
     nodes, ins, outs = parse_model_config(config)
+    probe(lambda: h5py.File(io.BytesIO(weights), "r"))
     with h5py.File(io.BytesIO(weights), "r") as f:
         _keras_weights(f, nodes, config)
     return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs
@@ -194,6 +215,11 @@ def read_model(path: str | Path) -> Model:
         except (OSError, zipfile.BadZipFile, EOFError) as err:
             raise ExportError(f"expected a readable model file, received a damaged or truncated "
                               f"one ({type(err).__name__}: {err})") from err
+        except (RuntimeError, KeyError, ValueError, TypeError, UnicodeError) as err:
+            if not raised_by_h5py(err):
+                raise                                # a bug of ours: exit 3 with the trace
+            raise ExportError(f"expected a readable HDF5 file, received damaged HDF5 structures "
+                              f"({type(err).__name__}: {err})") from err
         _check_arrays(nodes)
     except ExportError as err:
         raise err.at(file=str(path))

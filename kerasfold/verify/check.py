@@ -25,6 +25,7 @@ import numpy as np
 
 from ..cli import EXIT_OK, EXIT_PARITY, parse_size, run
 from ..errors import ExportError, MissingDependency, UnsupportedLayer
+from ..kinds.lambdas import function_name
 from ..pipeline import prepare
 from ..readers import read_model
 from ..targets.mps.read import Export, load_export
@@ -208,6 +209,18 @@ def keras_check(model: Path, export: Export, xs: list[np.ndarray], tolerance: fl
     return Check("parity", max_abs, max_rel, how, divergence)
 
 
+def refuse_opaque(export: Export) -> None:
+    """An opaque entry (``--allow-opaque``) is a layer nothing can run: no check reaches past it."""
+    for entry in export.layers:
+        if entry["type"] == "keras_layer":
+            what = entry.get("class_name", "?")
+            if what == "Lambda":
+                what = f"Lambda '{function_name(entry.get('config'))}'"
+            raise UnsupportedLayer(f"expected an export kerasfold can run end to end, received the "
+                                   f"opaque keras_layer entry of a {what}: the parity check cannot run "
+                                   "through it", file=str(export.root), layer=entry["name"])
+
+
 def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None = None,
                   samples: int = 2, seed: int = 0, input_size: tuple[int, int] | None = None,
                   original: str = "auto", compute: str = "float64", use_keras: bool = True) -> ParityReport:
@@ -220,6 +233,7 @@ def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None
     would. ``use_keras`` False (or TensorFlow not installed) leaves the numpy reference check only.
     """
     model, export = Path(model), load_export(out)
+    refuse_opaque(export)
     notes: list[str] = []
     if tolerance is None:
         tolerance = DEFAULT_TOLERANCES.get(export.manifest.get("dtype", "float32"), DEFAULT_TOLERANCE)

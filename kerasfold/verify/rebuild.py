@@ -264,11 +264,18 @@ def _set_weights_by_name(layer: Any, node: Layer) -> None:
     layer.set_weights(values)
 
 
+# Fields a Keras 2 layer config carries (inherited from Conv) that Keras 3's constructor refuses.
+KERAS2_ONLY = {"DepthwiseConv2D": ("groups",), "Conv2DTranspose": ("groups",),
+               "SeparableConv2D": ("groups", "kernel_initializer", "kernel_regularizer", "kernel_constraint")}
+
+
 def keras3_config(kind: str, config: dict[str, Any]) -> dict[str, Any]:
     """A Keras 2 layer config in the form Keras 3's constructors take (dtype left to floatx)."""
     config = {k: v for k, v in config.items() if k not in ("batch_input_shape", "batch_shape", "dtype")}
     if kind == "BatchNormalization" and isinstance(config.get("axis"), list) and len(config["axis"]) == 1:
         config["axis"] = config["axis"][0]
+    for key in KERAS2_ONLY.get(kind, ()):              # Keras 2 writes its base class' fields too
+        config.pop(key, None)
     if kind == "LeakyReLU" and "alpha" in config:
         config["negative_slope"] = config.pop("alpha")
     return config
@@ -297,7 +304,8 @@ def from_graph(graph: Model, input_shapes: dict[str, tuple]) -> Any:
             try:
                 layers[node.layer] = keras_class(node.kind).from_config(config)
             except (ValueError, TypeError) as err:             # Keras' own config validation
-                raise ExportError(f"expected a layer Keras can rebuild, received {node.kind} ({err})",
+                reason = (str(err).strip().splitlines() or [type(err).__name__])[-1][:200]
+                raise ExportError(f"expected a layer Keras can rebuild, received {node.kind} ({reason})",
                                   layer=node.name) from err
         layer = layers[node.layer]
         xs = [tensors[i] for i in node.inputs]

@@ -1,0 +1,76 @@
+"""Damaged HDF5 files: errors raised inside h5py, and a deadline on the HDF5 library itself.
+
+A corrupt object header can send the HDF5 C library into an endless loop (seen in fuzzing: a
+3-bit flip, ``attrs.get`` spinning for over ten minutes) or crash it, and neither can be
+interrupted from Python. :func:`probe` walks the file's structure in a forked child first, under
+a deadline: a file whose structure does not read in time, or that kills the child, is refused
+before the real read starts.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from typing import Callable
+
+import h5py
+
+from ..errors import ExportError
+
+PROBE_SECONDS = 10.0
+
+
+def raised_by_h5py(err: BaseException) -> bool:
+    """Whether ``err`` comes from inside h5py (its innermost frame is h5py's): a damaged file."""
+    frames = traceback.extract_tb(err.__traceback__)
+    if not frames:
+        return False
+    where = frames[-1].filename.replace("\\", "/")
+    return "/h5py/" in where or where.startswith("h5py/")
+
+
+def _walk(f: h5py.File) -> None:
+    """Touch every object header, attribute and chunk index (contiguous data is a plain read)."""
+    def visit(_name: str, obj: h5py.HLObject) -> None:
+        for key in obj.attrs:
+            obj.attrs[key]
+        if isinstance(obj, h5py.Dataset):
+            obj.shape, obj.dtype
+            if obj.chunks is not None:
+                obj[()]
+    for key in f.attrs:
+        f.attrs[key]
+    f.visititems(visit)
+
+
+def probe(open_file: Callable[[], h5py.File], seconds: float = PROBE_SECONDS) -> None:
+    """Raise :class:`ExportError` when walking the file opened by ``open_file`` hangs or crashes.
+    Any Python-level error is left to the real read, which reports it precisely. No-op where
+    ``os.fork`` is missing (Windows)."""
+    if not hasattr(os, "fork"):
+        return
+    pid = os.fork()
+    if pid == 0:                                       # the child: walk, then leave at once
+        code = 0
+        try:
+            with open_file() as f:
+                _walk(f)
+        except BaseException:
+            code = 1
+        os._exit(code)
+    deadline, pause = time.monotonic() + seconds, 0.0005
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            break
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            raise ExportError(f"expected an HDF5 file whose structure reads in {seconds:g} s, received "
+                              "one whose reading does not end (damaged HDF5 metadata)")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.02)
+    if os.WIFSIGNALED(status):
+        raise ExportError("expected a readable HDF5 file, received one that crashes the HDF5 library "
+                          f"(signal {os.WTERMSIG(status)}): a damaged file")

@@ -102,3 +102,16 @@ def previous(small_export, tmp_path):
     """An OUT holding a previous export, and the snapshot of its bytes to compare with later."""
     out = copy_tree(small_export, tmp_path / "out")
     return out, snapshot(out)
+
+
+def float32_target(fold):
+    """A fold as the float32 target writes it: the float64 weights rounded to float32 once (the
+    folds return float64 weights so that a float16 target rounds once too); biases as returned."""
+    import numpy as np
+
+    def wrapped(*args, **kwargs):
+        weights, bias = fold(*args, **kwargs)
+        assert weights.dtype == np.float64, "the fold must leave the weights' rounding to the target"
+        with np.errstate(over="ignore"):
+            return weights.astype(np.float32), bias
+    return wrapped

@@ -1,12 +1,18 @@
 """kerasfold.fold on plain arrays: the fold equals BN applied after the layer (float64 oracle),
-and every folded value is the float64 formula rounded to float32 once."""
+and every folded value is the float64 formula rounded to float32 once (by the target: the folds
+return float64 weights)."""
 import itertools
 
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from kerasfold.passes.bn_math import BNParams, bn_as_scale_bias, fold_bn
+from conftest import float32_target
+from kerasfold.passes import bn_math
+from kerasfold.passes.bn_math import BNParams
+
+bn_as_scale_bias = float32_target(bn_math.bn_as_scale_bias)
+fold_bn = float32_target(bn_math.fold_bn)
 
 CIN = 4
 

@@ -55,7 +55,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from kerasfold.passes.bn_math import BNParams, bn_as_scale_bias, fold_bn, fold_bn_forward
+from conftest import float32_target
+from kerasfold.passes import bn_math
+from kerasfold.passes.bn_math import BNParams
+
+bn_as_scale_bias = float32_target(bn_math.bn_as_scale_bias)
+fold_bn = float32_target(bn_math.fold_bn)
+fold_bn_forward = float32_target(bn_math.fold_bn_forward)
 
 PREC = 60
 EXACT = Context(prec=PREC)                 # every Decimal operation here runs in this context

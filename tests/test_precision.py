@@ -23,23 +23,37 @@ def half_export(tiny_yolo, tmp_path_factory):
     return out, result
 
 
-def test_float16_files(tiny_yolo_export, half_export):
+def test_float16_files(tiny_yolo, tiny_yolo_export, half_export):
+    """Each half weight is the exact (float64) fold rounded to float16 once, never through float32
+    first; biases are the float32 export's. Rounding twice would differ on some weights (checked,
+    so that this test can tell)."""
+    from kerasfold.readers import read_model
+    model = read_model(tiny_yolo["keras2-h5"])
     out, _ = half_export
     m, m32 = read_manifest(out), read_manifest(tiny_yolo_export)
     assert m["dtype"] == "float16"
+    twice = 0
     for e, e32 in zip(m["layers"], m32["layers"]):
         if "weights" not in e:
             continue
         assert e["weights"]["dtype"] == "float16" and e["bias"]["dtype"] == "float32"
         w16 = np.fromfile(out / e["weights"]["file"], "<f2")
-        w32 = np.fromfile(tiny_yolo_export / e32["weights"]["file"], "<f4")
-        np.testing.assert_array_equal(w16, w32.astype(np.float16))            # one IEEE rounding
-        assert (out / e["weights"]["file"]).stat().st_size == 2 * w32.size
+        kernel = model[e["name"]].weights["kernel"].astype(np.float64)        # HWIO
+        for bn_name in e["folded"]:
+            bn = model[bn_name]
+            kernel = kernel * (bn.weights["gamma"].astype(np.float64)
+                               / np.sqrt(bn.weights["moving_variance"].astype(np.float64) + bn.config["epsilon"]))
+        exact = kernel.transpose(3, 0, 1, 2).reshape(-1)                      # OHWI
+        np.testing.assert_array_equal(w16, exact.astype(np.float16))           # one IEEE rounding
+        twice += int(np.count_nonzero(exact.astype(np.float32).astype(np.float16) != w16))
+        assert (out / e["weights"]["file"]).stat().st_size == 2 * w16.size
         np.testing.assert_array_equal(np.fromfile(out / e["bias"]["file"], "<f4"),
                                       np.fromfile(tiny_yolo_export / e32["bias"]["file"], "<f4"))
+        w32 = np.fromfile(tiny_yolo_export / e32["weights"]["file"], "<f4")
         flushed = int(np.count_nonzero((w32 != 0) & (w16 == 0)))
         subnormal = int(np.count_nonzero((w16 != 0) & (np.abs(w16) < np.finfo(np.float16).tiny)))
         assert e["float16"] == {"flushed_to_zero": flushed, "subnormal": subnormal}
+    assert twice > 0
 
 
 def test_float16_counts_reported(half_export):

@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
+from ..errors import ExportError
 from ..graph import Graph, Node
 from ..kinds.activation import is_linear
 from .bn_math import BNParams, bn_as_scale_bias, fold_bn, fold_bn_forward
@@ -32,6 +33,20 @@ FOLD_TARGETS: dict[type, Callable[[ops.Op, BNParams], None]] = {
     ops.DepthwiseConv2D: _depthwise,
     ops.Conv2DTranspose: _on_axis(2),           # (kh, kw, out, in): out is axis 2
 }
+
+
+def check_finite(bn: str, into: str, *arrays: np.ndarray | None) -> None:
+    """Every folded value finite once rounded to float32 (a huge γ or a tiny σ² + ε overflows)."""
+    for array in arrays:
+        if array is None:
+            continue
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = np.isfinite(array.astype(np.float32))
+        if not finite.all():
+            worst = float(np.max(np.abs(array)))
+            raise ExportError(f"expected finite folded weights, received {int(finite.size - finite.sum())} "
+                              f"values beyond float32 (largest |w| = {worst:.3g}) folding BatchNormalization "
+                              f"'{bn}' into '{into}'; check its gamma and moving_variance", layer=bn)
 
 
 def bn_params(op: ops.BatchNorm) -> BNParams:
@@ -67,6 +82,7 @@ def fold_bn_into_producers(graph: Graph) -> None:
         if producer is None:
             continue
         FOLD_TARGETS[type(producer.op)](producer.op, bn_params(bn.op))
+        check_finite(bn.name, producer.name, producer.op.kernel, producer.op.bias)
         producer.folded.append(bn.layer)
         graph.absorb(producer.name, bn.name)
 
@@ -97,6 +113,7 @@ def fold_bn_into_consumers(graph: Graph) -> None:
         op = consumer.op
         axis = 0 if isinstance(op, ops.Dense) else 2
         op.kernel, op.bias = fold_bn_forward(op.kernel, op.bias, bn_params(bn.op), axis)
+        check_finite(bn.name, consumer.name, op.kernel, op.bias)
         consumer.folded.insert(0, bn.layer)       # graph order: this BN came before any folded after
         graph.bypass(bn.name)
 
@@ -134,4 +151,5 @@ def bn_to_scale_bias(graph: Graph) -> None:
     for bn in graph:
         if isinstance(bn.op, ops.BatchNorm) and bn.op.channels_last:
             scale, shift = bn_as_scale_bias(bn_params(bn.op))
+            check_finite(bn.name, bn.name, scale, shift)
             _scale_bias(bn, scale, shift, [bn.layer])

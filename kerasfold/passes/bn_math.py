@@ -7,8 +7,9 @@ BatchNormalization at inference: ``y = γ (x − μ) / √(σ² + ε) + β``, i.
 Folded into a producer ``x = W ∗ in + b``:  ``W' = W s`` (per output channel), ``b' = (b − μ) s + β``.
 Missing γ / β / b mean identity (1 / 0 / 0).
 
-Precision: weights are computed in float64 and rounded to float32 once, which is within one
-float32 ulp of the exact value (a product and a quotient do not cancel). Biases are sums that can
+Precision: weights are computed in float64 and returned in float64; the target rounds them once,
+to float32 (within one float32 ulp of the exact value: a product and a quotient do not cancel) or
+straight to float16 (never float32 first: rounding twice misses the nearest half). Biases are sums that can
 cancel ((b − μ)s ≈ −β), where float64 alone is not enough; they are computed in float64 with a
 rigorous error bound, and the few channels where the bound straddles a float32 rounding boundary
 are recomputed in 60-digit decimal arithmetic: every bias is the correctly rounded exact value.
@@ -97,7 +98,7 @@ def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
             channel_axis: int = -1) -> tuple[np.ndarray, np.ndarray]:
     """Fold ``bn`` into a producer whose output channel is ``kernel``'s ``channel_axis``.
 
-    Returns float32 ``(kernel', bias')``: ``kernel' = kernel · s`` along ``channel_axis``,
+    Returns ``(kernel', bias')``, float64 and float32: ``kernel' = kernel · s`` along ``channel_axis``,
     ``bias' = (bias − μ) · s + β``; ``bias`` None means a producer without bias (zeros).
     """
     channels = _channels(kernel, channel_axis, bn, "output")
@@ -114,17 +115,17 @@ def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     def exact(c: int) -> Decimal:
         b_c = Decimal(0) if bias is None else Decimal(float(bias[c]))
         return (b_c - Decimal(float(bn.mean[c]))) * bn.exact_scale(c) + bn.exact_beta(c)
-    return folded.astype(np.float32), correctly_rounded(approx, bound, exact)
+    return folded, correctly_rounded(approx, bound, exact)
 
 
 def bn_as_scale_bias(bn: BNParams) -> tuple[np.ndarray, np.ndarray]:
-    """A BatchNormalization on its own as float32 per-channel (scale, bias) = (s, t)."""
+    """A BatchNormalization on its own as per-channel (scale, bias) = (s, t): float64, float32."""
     s, t = bn.scale_shift()
     bound = 8 * _U * (np.abs(bn.mean.astype(np.float64) * s) + np.abs(bn._beta()))
 
     def exact(c: int) -> Decimal:
         return bn.exact_beta(c) - Decimal(float(bn.mean[c])) * bn.exact_scale(c)
-    return s.astype(np.float32), correctly_rounded(t, bound, exact)
+    return s, correctly_rounded(t, bound, exact)
 
 
 def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
@@ -159,4 +160,4 @@ def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
         for i in range(channels):
             total += sum((Decimal(float(x)) for x in w_rows[i, :, o]), Decimal(0)) * t_exact[i]
         return total
-    return (w * s.reshape(shape)).astype(np.float32), correctly_rounded(b + shift, bound, exact)
+    return w * s.reshape(shape), correctly_rounded(b + shift, bound, exact)

@@ -134,6 +134,10 @@ def reference_check(model: Path, export: Export, xs: list[np.ndarray], tolerance
     got = run_reference(export, xs, dtype=compute)
     want = run_reference(plain, xs, dtype=compute)
     outputs = list(export.manifest["outputs"])
+    shapes = [tuple(got[o].shape) for o in outputs], [tuple(w.shape) for w in want.values()]
+    if shapes[0] != shapes[1]:
+        raise ExportError(f"expected an export of {model.name} (outputs shaped {shapes[1]}), received "
+                          f"one whose outputs are shaped {shapes[0]}", file=str(export.root))
     max_abs, max_rel = errors([got[o] for o in outputs], list(want.values()))
     divergence = None
     if max_rel > tolerance:

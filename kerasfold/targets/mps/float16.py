@@ -30,13 +30,15 @@ class HalfStats:
 
 
 def half_stats(layer: str, w: np.ndarray) -> HalfStats:
-    """One layer's weights in float16: raise on overflow, count what underflows."""
+    """One layer's weights (float64 or float32) rounded to float16 once: raise where that
+    overflows, count what underflows."""
     largest = float(np.max(np.abs(w))) if w.size else 0.0
-    if largest > HALF_MAX:
+    with np.errstate(over="ignore"):
+        half = w.astype(np.float16)
+    if np.isinf(half).any():
         raise ExportError(f"expected folded weights within float16's range (|w| <= {HALF_MAX:g}), "
                           f"received largest |w| = {largest:.6g}; export as float32 or check the "
                           "BatchNormalization variance", layer=layer)
-    half = w.astype(np.float16)
     flushed = int(np.count_nonzero((w != 0) & (half == 0)))
     subnormal = int(np.count_nonzero((half != 0) & (np.abs(half) < HALF_TINY)))
     return HalfStats(layer, int(w.size), flushed, subnormal)

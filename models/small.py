@@ -172,3 +172,15 @@ def mixed(km: Any) -> Any:
     x = L.Activation("relu", name="relu_4")(L.BatchNormalization(name="bn_4")(x))
     x = L.GlobalAveragePooling2D(name="gap")(x)
     return km.Model(inp, L.Dense(5, activation="softmax", name="classes")(x))
+
+
+def hard_swish(km: Any) -> Any:
+    """MobileNetV3's hard-swish as keras.applications writes it, with Keras 3 ops on tensors:
+    ``x * ReLU6(x + 3.0) * (1 / 6)``; scalar operands that Keras 3 cannot load back from a legacy
+    ``.h5``. Keras 3 only (tf_keras would record TFOpLambda layers)."""
+    L = km.layers
+    x = inp = km.Input((8, 8, 3), name="image")
+    x = L.BatchNormalization(name="bn")(L.Conv2D(6, 3, padding="same", use_bias=False, name="conv")(x))
+    gate = L.ReLU(6.0, name="relu6")(x + 3.0) * (1.0 / 6.0)
+    x = L.Multiply(name="hard_swish")([x, gate])
+    return km.Model(inp, L.Conv2D(2, 1, name="head")(x))

@@ -15,6 +15,7 @@ import numpy as np
 from .. import ops
 from ..errors import ExportError, UnsupportedLayer
 from ..graph import Graph
+from ..kinds import KINDS
 from ..kinds.identity import IDENTITY_CLASSES
 from ..kinds.lambdas import LAMBDA
 from ..kinds.base import Fields
@@ -299,6 +300,9 @@ def from_graph(graph: Model, input_shapes: dict[str, tuple]) -> Any:
         if node.kind in IDENTITY_CLASSES:             # Dropout & co.: the identity at inference
             tensors[node.name] = tensors[node.inputs[0]]
             continue
+        if node.constants:                          # Keras 3's ``x + 3.0``: no layer takes a scalar
+            tensors[node.name] = _with_constants(node, [tensors[i] for i in node.inputs])
+            continue
         if node.layer not in layers:
             config = keras3_config(node.kind, node.config)
             try:
@@ -314,6 +318,17 @@ def from_graph(graph: Model, input_shapes: dict[str, tuple]) -> Any:
             _set_weights_by_name(layer, node)
     return keras.Model(_one_or_list([tensors[i] for i in graph.inputs]),
                        _one_or_list([tensors[o] for o in graph.outputs]))
+
+
+def _with_constants(node: Layer, xs: list[Any]) -> Any:
+    """A layer call with scalar operands (Add, Multiply, ...) as the typed operation's builder."""
+    kind = KINDS.get(node.kind)
+    op = kind.lower(kind.parse(Fields(node.config, node.kind, layer=node.layer, constants=tuple(node.constants))),
+                    {}, []) if kind else None
+    if not isinstance(op, ops.Elementwise):
+        raise UnsupportedLayer(f"expected scalar operands only on Add, Subtract, Multiply or Divide, "
+                               f"received them on {node.kind}", layer=node.name)
+    return BUILDERS[ops.Elementwise](op, xs)
 
 
 def _tf_space_to_depth() -> Callable[[Any], Any]:

@@ -17,14 +17,18 @@ from .entries import Entry
 from .schema import MANIFEST, read_manifest
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
+MAX_STEM = 120                                  # + "_W.bin" and a "_k" suffix, far below 255 bytes
 
 
 def safe_name(name: str, taken: set[str]) -> str:
     """A file-name stem from a layer name: only ``A-Z a-z 0-9 . _ -``, not hidden, not ``.``/``..``,
-    distinct from every stem in ``taken`` even on a case-insensitive file system."""
+    at most :data:`MAX_STEM` characters (a longer name keeps its start and gets a hash of the whole
+    name), distinct from every stem in ``taken`` even on a case-insensitive file system."""
     stem = _UNSAFE.sub("_", name) or "_"
     if stem.startswith("."):
         stem = "_" + stem[1:]
+    if len(stem) > MAX_STEM:                    # file systems allow 255 bytes: shorten, keep it unique
+        stem = f"{stem[:MAX_STEM - 13]}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:12]}"
     candidate, k = stem, 1
     while candidate.casefold() in taken:
         k += 1

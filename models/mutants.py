@@ -87,7 +87,7 @@ def mutate_bytes(data: bytes, rng: np.random.Generator) -> tuple[bytes, str]:
     return bytes(buf[:cut]), f"truncated at {cut}"
 
 
-def _rewrite_zip(src: Path, dst: Path, change: Callable[[str, bytes], bytes | None]) -> None:
+def rewrite_zip(src: Path, dst: Path, change: Callable[[str, bytes], bytes | None]) -> None:
     """Copy a zip member by member, each through ``change`` (None drops it)."""
     with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w", zipfile.ZIP_DEFLATED) as zout:
         for info in zin.infolist():
@@ -107,7 +107,7 @@ def _zip_member(src: Path, dst: Path, rng: np.random.Generator,
         data, what = mutate(name, data)
         said.append(what)
         return data
-    _rewrite_zip(src, dst, change)
+    rewrite_zip(src, dst, change)
     return f"{member}: {said[0] if said else 'absent'}"
 
 

@@ -100,7 +100,7 @@ def _refs(refs: Any) -> list[Ref]:
     return [_ref(r, None) for r in refs]
 
 
-def input_shape(config: Any) -> tuple | None:
+def input_shape(config: Any, layer: str | None = None) -> tuple | None:
     if not isinstance(config, dict):
         return None
     shape = config.get("batch_shape") or config.get("batch_input_shape")
@@ -108,7 +108,7 @@ def input_shape(config: Any) -> tuple | None:
         return None
     if not isinstance(shape, list) or not all(d is None or (isinstance(d, int) and not isinstance(d, bool)
                                                              and d >= 1) for d in shape[1:]):
-        raise ExportError(f"expected an input shape of positive sizes, received {shape!r}"[:120])
+        raise ExportError(f"expected an input shape of positive sizes, received {shape!r}"[:120], layer=layer)
     return tuple(shape[1:])
 
 
@@ -132,11 +132,11 @@ def _sequential(layers: Any, prefix: str, scope: str, depth: int) -> _Model:
     first = layers[0]
     if class_of(first) != "InputLayer":
         name = f"{name_of(first)}_input"
-        nodes.append(_input_node(prefix + name, input_shape(first.get("config")), scope + name))
+        nodes.append(_input_node(prefix + name, input_shape(first.get("config"), prefix + name), scope + name))
     for spec in layers:
         name = name_of(spec)
         if class_of(spec) == "InputLayer":
-            nodes.append(_input_node(prefix + name, input_shape(spec.get("config")), scope + name))
+            nodes.append(_input_node(prefix + name, input_shape(spec.get("config"), prefix + name), scope + name))
             continue
         if spec["class_name"] in MODEL_CLASSES:
             sub = _model(spec, prefix + name + "/", scope + name + "/", depth + 1)
@@ -179,10 +179,15 @@ def _functional(config: dict[str, Any], prefix: str, scope: str, depth: int) -> 
     resolve: dict[Ref, str] = {}
     pending: list[tuple[list[Node], list[Ref], _Model | None]] = []
     nodes: list[Node] = []
+    seen: set[str] = set()
     for spec in specs:
         layer = name_of(spec)
+        if layer in seen:
+            raise ExportError("expected unique layer names, received a second layer of this name",
+                              layer=prefix + layer)
+        seen.add(layer)
         if spec["class_name"] == "InputLayer":
-            node = _input_node(prefix + layer, input_shape(spec.get("config")), scope + layer)
+            node = _input_node(prefix + layer, input_shape(spec.get("config"), prefix + layer), scope + layer)
             nodes.append(node)
             resolve[(layer, 0, 0)] = node.name
             continue
@@ -258,7 +263,8 @@ def topological(nodes: list[Node]) -> list[Node]:
     while len(placed) < len(nodes):
         ready = [n for n in nodes if n.name not in placed and all(i in placed for i in n.inputs)]
         if not ready:
-            raise ExportError("expected an acyclic graph, received a cycle")
+            stuck = ", ".join(f"'{n.name}'" for n in nodes if n.name not in placed)
+            raise ExportError(f"expected an acyclic graph, received a cycle among {stuck}"[:200])
         for n in ready:
             placed[n.name] = n
     return list(placed.values())

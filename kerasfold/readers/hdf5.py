@@ -8,6 +8,7 @@ before the real read starts.
 """
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import time
@@ -44,16 +45,20 @@ def _walk(f: h5py.File) -> None:
     f.visititems(visit)
 
 
-def probe(open_file: Callable[[], h5py.File], seconds: float = PROBE_SECONDS) -> None:
+def probe(open_file: Callable[[], h5py.File], seconds: float | None = None) -> None:
     """Raise :class:`ExportError` when walking the file opened by ``open_file`` hangs or crashes.
     Any Python-level error is left to the real read, which reports it precisely. No-op where
     ``os.fork`` is missing (Windows)."""
     if not hasattr(os, "fork"):
         return
+    seconds = PROBE_SECONDS if seconds is None else seconds
     pid = os.fork()
     if pid == 0:                                       # the child: walk, then leave at once
         code = 0
         try:
+            faulthandler.disable()                     # a crash here is reported by the parent, in one line
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, 2)
             with open_file() as f:
                 _walk(f)
         except BaseException:

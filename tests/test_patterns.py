@@ -210,6 +210,8 @@ def test_unknown_parameterless_layer_is_refused_unless_allowed_opaque(tmp_path):
     assert layers["perm"]["config"]["dims"] == [2, 1, 3]
     with pytest.raises(UnsupportedLayer, match="layer 'perm'.*opaque keras_layer entry of a Permute"):
         verify_export(path, tmp_path / "out")
+    from kerasfold.verify.check import main as verify_main        # the command line: exit 2, no crash
+    assert verify_main([str(path), str(tmp_path / "out")]) == 2
 
 
 def test_unsupported_weighted_layer_lists_the_supported(tmp_path):

@@ -132,6 +132,11 @@ CASES = {
     "invalid_json": (lambda m: '{"format": "kerasfold.metal", ', "invalid JSON"),
     "newline_name": (_newline_name, "conv\\nevil\\u2028name"),
     "version_2": (_set(["version"], 2), "version: expected 1, received integer 2"),
+    # integers are JSON integers, and sizes are bounded (fuzzing found each of these crashing)
+    "shape_1e308": (_set(["layers", 0, "weights", "shape", 0], 1e308), "layers[0].weights.shape[0]"),
+    "pad_float": (_set(["layers", 0, "pad"], [1.0, 1, 1, 1]), "layers[0].pad[0]"),
+    "pad_huge": (_set(["layers", 0, "pad"], [1, 1, 1, 10 ** 9]), "layers[0].pad[3]"),
+    "weights_rank_2": (_set(["layers", 0, "weights", "shape"], [8, 27]), "layers[0].weights.shape"),
 }
 
 

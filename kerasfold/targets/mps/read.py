@@ -11,6 +11,7 @@ start here.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,7 +55,7 @@ class Export:
         if hashlib.sha256(data).hexdigest() != info["sha256"] and name not in self.hash_mismatches:
             self.hash_mismatches.append(name)
         dtype = np.dtype(info["dtype"]).newbyteorder("<")
-        count = int(np.prod(info["shape"]))
+        count = math.prod(info["shape"])
         if len(data) != count * dtype.itemsize:
             raise ExportError(f"expected {count * dtype.itemsize} bytes in {name} for shape "
                               f"{info['shape']} {info['dtype']}, received {len(data)}",
@@ -84,7 +85,7 @@ class Reader:
         self.export, self.windows, self.shapes = export, windows, shapes
 
     def weights(self, entry: dict[str, Any]) -> np.ndarray:
-        return self.export.tensor(entry, "weights").astype(np.float32)
+        return self.export.tensor(entry, "weights").astype(np.float32)   # rank: checked by the schema
 
     def bias(self, entry: dict[str, Any]) -> np.ndarray | None:
         return self.export.tensor(entry, "bias").astype(np.float32) if "bias" in entry else None
@@ -127,7 +128,11 @@ def _conv2d(e: dict[str, Any], r: Reader) -> ops.Op:
 
 
 def _depthwise(e: dict[str, Any], r: Reader) -> ops.Op:
-    kernel = layouts.depthwise_hwcm(r.weights(e), int(e.get("depth_multiplier", 1)))
+    weights, multiplier = r.weights(e), int(e.get("depth_multiplier", 1))
+    if weights.shape[0] % multiplier:
+        raise ExportError(f"expected depthwise weights' C*M rows divisible by depth_multiplier {multiplier}, "
+                          f"received {weights.shape[0]}")
+    kernel = layouts.depthwise_hwcm(weights, multiplier)
     return ops.DepthwiseConv2D(kernel=kernel, bias=r.bias(e), strides=_pair(e, "strides"),
                                dilation=_pair(e, "dilation"), padding=e.get("padding", "valid"), pad=r.pad(e))
 

@@ -32,7 +32,11 @@ def schema() -> dict[str, Any]:
 @lru_cache(maxsize=None)
 def _validator() -> Any:
     import jsonschema                       # lazily: only readers of a manifest pay its import
-    return jsonschema.Draft202012Validator(schema())
+    # "integer" means a JSON integer: JSON Schema would also take 1e308 or 2.0, which no size is
+    checker = jsonschema.Draft202012Validator.TYPE_CHECKER.redefine(
+        "integer", lambda _checker, value: isinstance(value, int) and not isinstance(value, bool))
+    strict = jsonschema.validators.extend(jsonschema.Draft202012Validator, type_checker=checker)
+    return strict(schema())
 
 
 def read_manifest(root: str | Path) -> dict[str, Any]:

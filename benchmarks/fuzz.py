@@ -105,9 +105,14 @@ def judge(code: int, stderr: str, before: str, out: Path, prog: str) -> list[str
     if code != 0 and digest(out) != before:
         problems.append("OUT changed by a failed run")
     if code == 0 and prog == "kerasfold":
-        where = non_finite(out)
-        if where:
-            problems.append(f"non-finite value written ({where})")
+        from kerasfold.errors import ExportError
+        try:
+            where = non_finite(out)
+        except ExportError as err:                         # the exporter wrote what it cannot read
+            problems.append(f"invalid export written ({err})")
+        else:
+            if where:
+                problems.append(f"non-finite value written ({where})")
     if any(p.name.startswith(f".{out.name}.") for p in out.parent.iterdir()):
         problems.append("staging left behind")
     return problems

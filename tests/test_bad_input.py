@@ -231,6 +231,8 @@ CASES = {
     "config_models_nested_300_deep": (_h5_config(_nested_models), ["nested at most"]),
     "config_json_nested_100k_deep": (_h5_config(lambda c: "[" * 100000 + "]" * 100000), ["invalid JSON"]),
     "strides_zero": (_set("conv_1", "strides", [0, 0]), ["layer 'conv_1'", "strides"]),
+    "dilation_2_to_40": (_set("conv_1", "dilation_rate", [2 ** 40, 1]), ["layer 'conv_1'", "dilation_rate"]),
+    "units_2_to_31": (_set("classes", "units", 2 ** 31), ["layer 'classes'", "units"]),
     "strides_string": (_set("conv_1", "strides", "two"), ["layer 'conv_1'", "strides"]),
     "kernel_size_missing": (_drop("conv_1", "kernel_size"), ["layer 'conv_1'", "kernel_size"]),
     "kernel_size_nan": (_set("conv_1", "kernel_size", [float("nan"), 3]), ["layer 'conv_1'", "kernel_size"]),

@@ -21,7 +21,7 @@ from ..errors import ConfigError, ExportError, UnsupportedLayer
 from ..graph import Graph, Node, Shape
 from ..readers.layers import Layer, Model
 from . import activation, conv, identity, lambdas, merge, norm, pool, reshape
-from .base import Fields, Kind, no_variables
+from .base import MAX_SIZE, Fields, Kind, no_variables
 
 FAMILIES = (conv, norm, pool, merge, reshape, activation, identity, lambdas)
 KINDS: dict[str, Kind] = {name: kind for family in FAMILIES for kind in family.KINDS for name in kind.classes}
@@ -101,6 +101,8 @@ def lower_layer(layer: Layer, shapes: list[Shape | None],
     cin = shapes[0][-1] if shapes and shapes[0] else None
     check_weights(kind.variables(params, cin), layer.weights)
     shape = kind.shape(params, shapes)
+    if shape is not None and any(d is not None and not 1 <= d <= MAX_SIZE for d in shape):
+        raise ExportError(f"expected an output shape of sizes in 1..{MAX_SIZE}, received {tuple(shape)}")
     return kind.lower(params, layer.weights, shapes), (None if shape is None else tuple(shape))
 
 

@@ -19,6 +19,11 @@ from ..ops import Op
 Shape = tuple                                   # unbatched, channels last; None where unknown
 Weights = dict[str, np.ndarray]
 _MISSING = object()
+# The largest values manifest.schema.json admits: a window (kernel, stride, dilation, pool, pad) of
+# 65535 pixels, a size (channels, units, a tensor dimension) below 2^31. Far beyond any real network;
+# a config asking for more is bad input, refused here rather than written into an invalid manifest.
+MAX_WINDOW = 65535
+MAX_SIZE = 2 ** 31 - 1
 
 
 def no_variables(params: Any, cin: int | None) -> dict[str, tuple | None]:
@@ -66,8 +71,9 @@ class Fields:
         if isinstance(value, (list, tuple)) and len(value) == 1:
             value = value[0]
         if not (_is_int(value) or (isinstance(value, float) and value.is_integer())) \
-                or (lo is not None and value < lo):
-            raise self._bad(key, "as an integer" + (f" >= {lo}" if lo is not None else ""), value)
+                or (lo is not None and value < lo) or abs(value) > MAX_SIZE:
+            raise self._bad(key, "as an integer" + (f" >= {lo}" if lo is not None else "")
+                            + f" and <= {MAX_SIZE}", value)
         return int(value)
 
     def pair(self, key: str, default: Any = _MISSING, lo: int = 1) -> tuple[int, int]:
@@ -76,8 +82,8 @@ class Fields:
         items = list(value) if isinstance(value, (list, tuple)) else [value, value]
         if len(items) == 1:
             items = items * 2
-        if len(items) != 2 or not all(_is_int(v) and v >= lo for v in items):
-            raise self._bad(key, f"as an integer >= {lo} or a pair of them", value)
+        if len(items) != 2 or not all(_is_int(v) and lo <= v <= MAX_WINDOW for v in items):
+            raise self._bad(key, f"as an integer in {lo}..{MAX_WINDOW} or a pair of them", value)
         return (int(items[0]), int(items[1]))
 
     def ints(self, key: str, default: Any = _MISSING, lo: int | None = None) -> tuple[int, ...]:
@@ -125,8 +131,8 @@ class Fields:
                     raise self._bad(key, "as an int, a pair, or a pair of pairs", value)
         else:
             raise self._bad(key, "as an int, a pair, or a pair of pairs", value)
-        if any(v < 0 for v in out):
-            raise self._bad(key, "as sizes >= 0", value)
+        if any(v < 0 or v > MAX_WINDOW for v in out):
+            raise self._bad(key, f"as sizes in 0..{MAX_WINDOW}", value)
         return tuple(int(v) for v in out)
 
     def axis(self, key: str = "axis", default: Any = -1) -> int:
@@ -162,6 +168,9 @@ def axis_pad(size: int | None, k: int, stride: int, dilation: int,
     """(before, after, out) along one spatial axis (TensorFlow's SAME rule: the odd pixel at the
     bottom/right); None where the input size is unknown and the result depends on it."""
     effective = (k - 1) * dilation + 1
+    if effective > MAX_WINDOW:
+        raise ExportError(f"expected a window of at most {MAX_WINDOW} pixels, received a kernel of {k} "
+                          f"dilated by {dilation} ({effective} pixels)")
     if padding == "valid":
         return 0, 0, None if size is None else (size - effective) // stride + 1
     if padding == "causal":                     # Conv1D: everything before

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import faulthandler
 import os
+import select
 import signal
-import time
 import traceback
 from typing import Callable
 
@@ -52,10 +52,14 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None) -> N
     if not hasattr(os, "fork"):
         return
     seconds = PROBE_SECONDS if seconds is None else seconds
+    done_r, done_w = os.pipe()                         # EOF on done_r: the child has ended
     pid = os.fork()
     if pid == 0:                                       # the child: walk, then leave at once
         code = 0
         try:
+            os.close(done_r)
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)   # never outlive the parent's deadline by
+            signal.alarm(int(seconds) + 2)                  # much, even orphaned and spinning in C
             faulthandler.disable()                     # a crash here is reported by the parent, in one line
             devnull = os.open(os.devnull, os.O_WRONLY)
             os.dup2(devnull, 2)
@@ -64,18 +68,17 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None) -> N
         except BaseException:
             code = 1
         os._exit(code)
-    deadline, pause = time.monotonic() + seconds, 0.0005
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            break
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            raise ExportError(f"expected an HDF5 file whose structure reads in {seconds:g} s, received "
-                              "one whose reading does not end (damaged HDF5 metadata)")
-        time.sleep(pause)
-        pause = min(pause * 2, 0.02)
+    os.close(done_w)
+    try:
+        ended, _, _ = select.select([done_r], [], [], seconds)
+    finally:
+        os.close(done_r)
+    if not ended:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+        raise ExportError(f"expected an HDF5 file whose structure reads in {seconds:g} s, received "
+                          "one whose reading does not end (damaged HDF5 metadata)")
+    _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
         raise ExportError("expected a readable HDF5 file, received one that crashes the HDF5 library "
                           f"(signal {os.WTERMSIG(status)}): a damaged file")

@@ -150,6 +150,11 @@ def run_case(index: int, seed: int, family: str, flavour: str, model: Path, clea
             "problems": judge(code, stderr, before, out, prog), "stderr": stderr[-2000:]}
 
 
+def case_kind(i: int, families: tuple[str, ...], flavours: list[str]) -> tuple[str, str]:
+    """Case ``i``'s family and seed flavour: families in turn, then flavours in turn."""
+    return families[i % len(families)], flavours[(i // len(families)) % len(flavours)]
+
+
 def campaign(seeds: dict[str, Path], n: int, *, seed: int = 0, jobs: int = 2, timeout: float = 30.0,
              families: tuple[str, ...] = ALL_FAMILIES, only: list[int] | None = None) -> list[dict]:
     """Run cases ``0..n-1`` (or ``only``), ``jobs`` at a time; one result per case."""
@@ -169,8 +174,7 @@ def campaign(seeds: dict[str, Path], n: int, *, seed: int = 0, jobs: int = 2, ti
         while queue or running:
             while queue and len(running) < jobs:
                 i = queue.pop(0)
-                family = families[i % len(families)]
-                flavour = flavours[(i // len(families)) % len(flavours)]
+                family, flavour = case_kind(i, families, flavours)
                 pid = os.fork()
                 if pid == 0:                                  # the child
                     code = 0
@@ -199,8 +203,8 @@ def _collect(work: Path, i: int, seed: int, families: tuple[str, ...], flavours:
         signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else None
         problem = ("hang" if signum == signal.SIGALRM else f"signal {signum}" if signum
                    else f"harness error {os.WEXITSTATUS(status)}")
-        result = {"case": i, "family": families[i % len(families)],
-                  "flavour": flavours[(i // len(families)) % len(flavours)], "what": "?", "code": None,
+        family, flavour = case_kind(i, families, flavours)
+        result = {"case": i, "family": family, "flavour": flavour, "what": "?", "code": None,
                   "problems": [problem], "stderr": ""}
     result["seconds"] = round(seconds, 3)
     shutil.rmtree(work / f"case-{i}", ignore_errors=True)

@@ -30,14 +30,19 @@ def names_function(config: dict, name: str) -> bool:
         function = function.get("config")
     if isinstance(function, str) and function == name:
         return True
-    code = function[0] if isinstance(function, list) and function else function
+    raw = _bytecode(function[0] if isinstance(function, list) and function else function)
+    return raw is not None and name.encode() in raw
+
+
+def _bytecode(code: Any) -> bytes | None:
+    """Keras 2's base64 of marshalled bytecode, decoded to bytes (never unmarshalled); None when
+    ``code`` is not such a string."""
     if not isinstance(code, str):
-        return False
-    try:                                                 # Keras 2: base64 of marshalled bytecode
-        raw = base64.b64decode(code.encode("ascii"), validate=False)
+        return None
+    try:
+        return base64.b64decode(code.encode("ascii"), validate=False)
     except (binascii.Error, ValueError, UnicodeEncodeError):
-        return False
-    return name.encode() in raw
+        return None
 
 
 _STRING_TYPES = {ord(c): c for c in "zZauAt"}       # marshal's str objects (short ascii, ascii, unicode)
@@ -60,12 +65,11 @@ def _marshalled_strings(raw: bytes):
         i += 1
 
 
-def _bytecode_name(code: str) -> str | None:
+def _bytecode_name(code: Any) -> str | None:
     """The function name inside Keras 2's base64 marshalled code, read as data (never unmarshalled):
     CPython writes ``co_name`` right after ``co_filename``."""
-    try:
-        raw = base64.b64decode(code.encode("ascii"), validate=False)
-    except (binascii.Error, ValueError, UnicodeEncodeError):
+    raw = _bytecode(code)
+    if raw is None:
         return None
     strings = list(_marshalled_strings(raw))
     for (_, end, text), (start, _, name) in zip(strings, strings[1:]):
@@ -92,7 +96,7 @@ def function_name(config: Any) -> str:
     if isinstance(function, str) and function.isidentifier():
         return function[:80]
     code = function[0] if isinstance(function, list) and function else function
-    return (_bytecode_name(code) if isinstance(code, str) else None) or "<bytecode>"
+    return _bytecode_name(code) or "<bytecode>"
 
 
 def opaque_config(config: dict[str, Any]) -> dict[str, Any]:

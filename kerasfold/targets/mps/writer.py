@@ -117,7 +117,7 @@ def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = 
         if out.is_symlink():                  # replace the link's target; the link stays a link
             out = out.resolve()
         check_out_dir(out)
-        with staged_directory(out, check=lambda _: check_out_dir(out)) as stage:
+        with staged_directory(out, check=lambda _: check_out_dir(out)) as stage:   # named as given
             for e in entries:
                 meta = dict(e.meta)
                 for key, tensor in e.tensors.items():

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Iterator
@@ -15,11 +16,20 @@ from ..errors import MissingDependency
 def import_keras() -> ModuleType:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+    # Keras imports matplotlib.pyplot when it is installed (for plot helpers kerasfold never calls):
+    # 0.2 s, and a font cache written to ~/.cache/matplotlib, in a build phase that may write only
+    # its outputs. Hidden while Keras is imported, unless the process already uses matplotlib.
+    hide = "matplotlib" not in sys.modules and "keras" not in sys.modules
+    if hide:
+        sys.modules["matplotlib"] = None                     # type: ignore[assignment]
     try:
         import keras
     except ImportError as err:
         raise MissingDependency("the parity check needs TensorFlow and Keras 3; install them with "
                           f"pip install 'kerasfold[verify]' ({err})") from err
+    finally:
+        if hide and sys.modules.get("matplotlib", 0) is None:
+            del sys.modules["matplotlib"]
     for name in ("absl", "tensorflow", "h5py._conv"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return keras

@@ -1,0 +1,5 @@
+import sys
+
+from .phase import main
+
+sys.exit(main())

@@ -56,7 +56,8 @@ def _options(s: Settings) -> argparse.Namespace:
     return p.parse_args([str(s.model), str(s.out), *s.args])
 
 
-def _export(s: Settings, args: argparse.Namespace) -> None:
+def _export(s: Settings, args: argparse.Namespace) -> str:
+    """Export; returns the sha256 of the bytes exported (the stamp's, so the model is hashed once)."""
     from ..pipeline import ExportOptions, export
 
     options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names, input_size=args.input_size,
@@ -65,6 +66,7 @@ def _export(s: Settings, args: argparse.Namespace) -> None:
     for line in result.warnings():
         diagnostic(s.model, "warning", line)
     print(result.summary())
+    return result.manifest["source"]["sha256"]
 
 
 def _verify(s: Settings, args: argparse.Namespace) -> None:
@@ -95,7 +97,7 @@ def run(s: Settings) -> int:
     try:
         old = stamp.load(s.stamp)
         try:
-            src = stamp.source(s.model, (old or {}).get("source"))
+            src = stamp.source(s.model, (old or {}).get("source"), hash_it=stamp.same_settings(old, s))
         except OSError as err:
             raise PhaseError(s.model, f"expected the Keras model file (SCRIPT_INPUT_FILE_0, KERASFOLD_MODEL "
                                       f"or $SRCROOT/Models/yolo.h5), received {err.strerror or err}") from None
@@ -108,7 +110,7 @@ def run(s: Settings) -> int:
             return EXIT_OK
         args = _options(s) if not current or s.verify else None
         if not current:
-            _export(s, args)
+            src["sha256"] = _export(s, args)
             verified = False
         if s.verify and not verified:
             _verify(s, args)

@@ -43,14 +43,15 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def source(path: Path, previous: dict[str, Any] | None) -> dict[str, Any]:
+def source(path: Path, previous: dict[str, Any] | None, *, hash_it: bool = True) -> dict[str, Any]:
     """The model's size, mtime, inode and sha256; the sha256 is taken from ``previous`` (a stamp's
-    ``source``) while size, mtime and inode are unchanged, and hashed otherwise. Raises OSError."""
+    ``source``) while size, mtime and inode are unchanged, hashed otherwise (None without
+    ``hash_it``: the export about to run hashes the file anyway). Raises OSError."""
     st = os.stat(path)
     seen = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
     if previous and all(previous.get(k) == v for k, v in seen.items()) and previous.get("sha256"):
         return {**seen, "sha256": previous["sha256"]}
-    return {**seen, "sha256": sha256(path)}
+    return {**seen, "sha256": sha256(path) if hash_it else None}
 
 
 def files(directory: Path) -> dict[str, list[int]] | None:
@@ -93,10 +94,14 @@ def save(path: Path, data: dict[str, Any]) -> None:
         raise
 
 
+def same_settings(old: dict[str, Any] | None, s: Settings) -> bool:
+    return bool(old) and all(old.get(k) == v for k, v in key(s).items())
+
+
 def export_is_current(old: dict[str, Any] | None, s: Settings, src: dict[str, Any]) -> bool:
     """The stamp was written for these settings and this model, and OUT is as the export left it."""
-    if not old or any(old.get(k) != v for k, v in key(s).items()):
+    if not same_settings(old, s):
         return False
-    if (old.get("source") or {}).get("sha256") != src["sha256"]:
+    if src["sha256"] is None or (old.get("source") or {}).get("sha256") != src["sha256"]:
         return False
     return old.get("files") is not None and files(s.out) == old["files"]

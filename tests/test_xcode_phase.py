@@ -244,3 +244,33 @@ def test_up_to_date_path_imports_neither_numpy_nor_h5py(xcode):
     env = {**xcode.env, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([sys.executable, "-B", "-c", code], env=env, capture_output=True, text=True)
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "[]", "")
+
+
+@pytest.mark.parametrize("env, model, out", [
+    ({"SRCROOT": "/p"}, "/p/Models/yolo.h5", "/p/Weights"),
+    ({"SRCROOT": "/p", "KERASFOLD_MODEL": "m/net.h5", "KERASFOLD_OUT": "/o/W"}, "/p/m/net.h5", "/o/W"),
+    ({"SRCROOT": "/p", "SCRIPT_INPUT_FILE_0": "/a/x.keras", "KERASFOLD_MODEL": "/ignored.h5",
+      "SCRIPT_OUTPUT_FILE_0": "/a/Out", "KERASFOLD_OUT": "/ignored"}, "/a/x.keras", "/a/Out"),
+    ({"SRCROOT": "/p", "SCRIPT_OUTPUT_FILE_0": "/a/Out/manifest.json"}, "/p/Models/yolo.h5", "/a/Out"),
+    ({"PROJECT_DIR": "/q", "SCRIPT_OUTPUT_FILE_0": "Gen/W/manifest.json"}, "/q/Models/yolo.h5", "/q/Gen/W"),
+])
+def test_settings_from_xcode_environment(env, model, out):
+    from kerasfold.xcode.settings import settings
+    s = settings(env)
+    assert (str(s.model), str(s.out)) == (model, out)
+    assert s.stamp == Path(out).parent / f".{Path(out).name}.kerasfold-stamp.json"   # outside Xcode: beside OUT
+    assert settings({**env, "DERIVED_FILE_DIR": "/d"}).stamp == Path(f"/d/kerasfold-{Path(out).name}.stamp.json")
+    assert (s.verify, s.bundle, s.args) == (False, None, ())
+
+
+def test_settings_options_verify_and_bundle():
+    from kerasfold.xcode.settings import SettingsError, settings
+    env = {"SRCROOT": "/p", "KERASFOLD_ARGS": "--dtype float16 --input-size '416x416'", "KERASFOLD_VERIFY": "YES",
+           "KERASFOLD_COPY_TO_BUNDLE": "1", "TARGET_BUILD_DIR": "/b", "UNLOCALIZED_RESOURCES_FOLDER_PATH": "A.app"}
+    s = settings(env)
+    assert s.args == ("--dtype", "float16", "--input-size", "416x416") and s.verify
+    assert s.bundle == Path("/b/A.app/Weights")
+    assert settings({"SRCROOT": "/p", "KERASFOLD_ARGS": "--verify"}).verify
+    assert not settings({"SRCROOT": "/p", "KERASFOLD_VERIFY": "0"}).verify
+    with pytest.raises(SettingsError, match="TARGET_BUILD_DIR"):
+        settings({"SRCROOT": "/p", "KERASFOLD_COPY_TO_BUNDLE": "1"})

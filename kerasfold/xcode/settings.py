@@ -100,4 +100,5 @@ def settings(env: Mapping[str, str] = os.environ) -> Settings:  # type: ignore[a
                                           "for KERASFOLD_COPY_TO_BUNDLE=1, received them unset")
         bundle = _absolute(os.path.join(target, resources, out.name), env)
     return Settings(model=model, out=out, stamp=stamp, args=args,
-                    verify=env.get("KERASFOLD_VERIFY", "").lower() in TRUE, bundle=bundle)
+                    verify=env.get("KERASFOLD_VERIFY", "").lower() in TRUE or "--verify" in args,
+                    bundle=bundle)

@@ -10,9 +10,12 @@ import pytest
 
 from conftest import ROOT, copy_tree, read_manifest
 from kerasfold.errors import ExportError
-from kerasfold.pipeline import ExportOptions, export
+from kerasfold.pipeline import ExportOptions, export, prepare
 from kerasfold.targets.mps.offsets import offset_for
+from kerasfold.targets.mps.read import Export, load_export
 from kerasfold.verify import verify_export
+from kerasfold.verify.check import by_origin, first_divergence, layer_errors
+from kerasfold.verify.reference import run as run_reference
 from kerasfold.yolo2metal import main as export_main
 
 
@@ -119,6 +122,49 @@ def test_failure_names_the_first_diverging_layer(tiny_yolo, tiny_yolo_export, tm
     for check in report.checks:
         assert check.divergence.startswith("layer 'conv2d_5' (reproduces 'leaky_re_lu_5')"), check.divergence
     assert "first divergence: layer 'conv2d_5'" in report.text()
+
+
+def test_layer_errors_matches_entries_by_output_of():
+    """One row per entry that can be compared, in manifest order, with errors' figures; entries
+    without an original (synthetic), without an output, or whose original is unknown or shaped
+    differently are left out. first_divergence reports the first row above the tolerance."""
+    layers = [{"name": "a", "output_of": "a_act"}, {"name": "synthetic", "output_of": None},
+              {"name": "b", "output_of": "b"}, {"name": "unknown", "output_of": "nowhere"},
+              {"name": "reshaped", "output_of": "r"}, {"name": "not_run", "output_of": "a_act"},
+              {"name": "c", "output_of": "c_bn"}]
+    export_ = Export(root=ROOT, manifest={"layers": layers})
+    want = {"a_act": np.array([1.0, -4.0]), "b": np.array([2.0, 2.0]), "r": np.zeros(3),
+            "c_bn": np.array([10.0, 0.0])}
+    got = {"a": np.array([1.0, -4.0], np.float32), "synthetic": np.zeros(2), "b": np.array([2.0, 1.0]),
+           "unknown": np.zeros(2), "reshaped": np.zeros(4), "c": np.array([10.0, 0.001])}
+    rows = layer_errors(export_, got, want.get)
+    assert [r[0] for r in rows] == ["a", "b", "c"]
+    assert rows[0][1:] == (0.0, 0.0) and rows[1][1:] == (1.0, 0.5)
+    assert rows[2][1] == pytest.approx(1e-3) and rows[2][2] == pytest.approx(1e-4)
+    assert first_divergence(export_, got, want.get, 0.1) == "layer 'b': max abs error 1, max relative error 0.5"
+    assert first_divergence(export_, got, want.get, 1e-5).startswith("layer 'b'")
+    assert first_divergence(export_, got, want.get, 0.5) is None
+    got["b"] = want["b"]
+    assert first_divergence(export_, got, want.get, 1e-5) == ("layer 'c' (reproduces 'c_bn'): max abs "
+                                                             "error 0.001, max relative error 0.0001")
+
+
+def test_layer_errors_on_a_tampered_export_rise_where_it_was_changed(tiny_yolo, tiny_yolo_export, tmp_path):
+    """The reference executor layer by layer: a float32 export stays within 1e-5 at every layer until
+    the tampered conv2d_5, and is off there and after (the notebook's plot of the same rows)."""
+    out = _tamper(tiny_yolo_export, tmp_path / "t", "conv2d_5")
+    plain = prepare(tiny_yolo["keras2-h5"], fold=False)
+    x = np.random.default_rng(0).random((1, 416, 416, 3), dtype=np.float32)
+    want = by_origin(plain, [x], "float64")
+    for tampered, source in ((False, tiny_yolo_export), (True, out)):
+        export_ = load_export(source)
+        rows = layer_errors(export_, run_reference(export_, [x], dtype="float64", keep=True), want)
+        names = [n for n, _, _ in rows]
+        assert names == [e["name"] for e in export_.layers] and len(names) == 15
+        at = names.index("conv2d_5")
+        assert max(rel for _, _, rel in rows[:at]) <= 1e-5
+        late = [rel for _, _, rel in rows[at:]]
+        assert min(late) > 1e-4 if tampered else max(late) <= 1e-5
 
 
 def _verify_without_tensorflow(model, out):

@@ -25,6 +25,7 @@ import numpy as np
 
 from ..cli import EXIT_OK, EXIT_PARITY, parse_size, run
 from ..errors import ExportError, MissingDependency, UnsupportedLayer
+from ..graph import Graph
 from ..kinds.lambdas import function_name
 from ..pipeline import prepare
 from ..readers import read_model
@@ -104,10 +105,12 @@ def errors(got: list[np.ndarray], want: list[np.ndarray]) -> tuple[float, float]
     return max_abs, max_abs / scale
 
 
-def first_divergence(export: Export, got: dict[str, np.ndarray], want: Callable[[str], np.ndarray | None],
-                     tolerance: float) -> str | None:
-    """The first entry (manifest order) whose output is off by more than ``tolerance`` relative to
-    the original layer it reproduces (``output_of``); ``want`` returns None where unknown."""
+def layer_errors(export: Export, got: dict[str, np.ndarray],
+                 want: Callable[[str], np.ndarray | None]) -> list[tuple[str, float, float]]:
+    """(entry name, max abs error, max relative error) of every entry, in manifest order, whose
+    output can be compared: ``got`` holds it and ``want`` knows, with the same shape, the output of
+    the original layer it reproduces (``output_of``; ``want`` returns None where unknown)."""
+    rows = []
     for entry in export.layers:
         reproduces = entry.get("output_of")
         if not reproduces or entry["name"] not in got:
@@ -115,15 +118,30 @@ def first_divergence(export: Export, got: dict[str, np.ndarray], want: Callable[
         expected = want(reproduces)
         if expected is None or expected.shape != got[entry["name"]].shape:
             continue
-        max_abs, max_rel = errors([got[entry["name"]]], [expected])
+        rows.append((entry["name"], *errors([got[entry["name"]]], [expected])))
+    return rows
+
+
+def first_divergence(export: Export, got: dict[str, np.ndarray], want: Callable[[str], np.ndarray | None],
+                     tolerance: float) -> str | None:
+    """The first entry (manifest order) whose output is off by more than ``tolerance`` relative to
+    the original layer it reproduces (see :func:`layer_errors`)."""
+    for name, max_abs, max_rel in layer_errors(export, got, want):
         if max_rel > tolerance:
-            also = f" (reproduces '{reproduces}')" if reproduces != entry["name"] else ""
-            return (f"layer '{entry['name']}'{also}: max abs error {max_abs:.3g}, max relative "
-                    f"error {max_rel:.3g}")
+            reproduces = next(e["output_of"] for e in export.layers if e["name"] == name)
+            also = f" (reproduces '{reproduces}')" if reproduces != name else ""
+            return f"layer '{name}'{also}: max abs error {max_abs:.3g}, max relative error {max_rel:.3g}"
     return None
 
 
 # -- reference: numpy only ---------------------------------------------------------------------
+
+def by_origin(plain: Graph, xs: list[np.ndarray], compute: str) -> Callable[[str], np.ndarray | None]:
+    """Every node's output of ``plain`` (the original's unfolded graph) run by the reference
+    executor, looked up by the original layer it is the output of (what ``output_of`` names)."""
+    outputs = run_reference(plain, xs, dtype=compute, keep=True)
+    return {plain.output_of(n.name): outputs[n.name] for n in plain}.get
+
 
 def reference_check(model: Path, export: Export, xs: list[np.ndarray], tolerance: float,
                     compute: str) -> Check:
@@ -142,9 +160,7 @@ def reference_check(model: Path, export: Export, xs: list[np.ndarray], tolerance
     divergence = None
     if max_rel > tolerance:
         got_all = run_reference(export, xs, dtype=compute, keep=True)
-        want_all = run_reference(plain, xs, dtype=compute, keep=True)
-        by_origin = {plain.output_of(n.name): want_all[n.name] for n in plain}
-        divergence = first_divergence(export, got_all, by_origin.get, tolerance)
+        divergence = first_divergence(export, got_all, by_origin(plain, xs, compute), tolerance)
     return Check("reference", max_abs, max_rel, "the unfolded graph run by kerasfold's numpy executor",
                  divergence)
 

@@ -175,10 +175,11 @@ def staged_directory(out: Path, check: Callable[[Path], None] | None = None) -> 
         try:
             os.chmod(stage, 0o777 & ~umask)         # mkdtemp's 0o700 would become OUT's mode
             yield stage
-            for f in stage.iterdir():
-                with f.open("rb") as handle:
-                    os.fsync(handle.fileno())
-            _fsync_dir(stage)
+            for folder, _, files in os.walk(stage, topdown=False):   # a package has folders
+                for name in files:
+                    with open(os.path.join(folder, name), "rb") as handle:
+                        os.fsync(handle.fileno())
+                _fsync_dir(Path(folder))
             with guard.swap():
                 _swap_in(stage, out, check)
             _fsync_dir(out.parent)

@@ -11,8 +11,8 @@ rebuilt from our side.
 
 Tensors are NCHW, as in MIL. Computation is in ``dtype`` (float32 as a device accumulates, or
 float64); float16 weights are upcast. A float16 program (``compute_precision=FLOAT16``) casts its
-inputs to fp16 and its outputs back: every ``cast`` to fp16 rounds (``x.astype(float16)``), so
-half storage is modelled where the program casts; between casts ops run in ``dtype``.
+inputs to fp16 and its outputs back: every ``cast`` to or from fp16 rounds (``x.astype(float16)``),
+so half storage is modelled where the program casts; between casts ops run in ``dtype``.
 
 One small function per MIL op type in :data:`OPS` (opset iOS15 and what coremltools' default pass
 pipeline fuses it into); an op type not there raises :class:`UnsupportedLayer` listing them.
@@ -553,11 +553,19 @@ def _alpha(fn: Callable[..., np.ndarray], alpha: float | None = None, beta: floa
     return run
 
 
+def _is_half(var: Any) -> bool:
+    from coremltools.converters.mil.mil import types
+    return var.dtype == types.fp16
+
+
 def _cast(a: Args, ctx: "Context") -> np.ndarray:
-    """fp16 rounds to half precision (stored as ``ctx.dtype``); fp32/fp64 compute in ``ctx.dtype``."""
+    """A cast to fp16, or from a tensor the program stores in fp16, rounds to half precision (kept
+    in ``ctx.dtype``); fp32 computes in ``ctx.dtype``."""
     x, to = a.x, str(a.scalar("dtype", "fp32"))
+    if to == "fp16" or (x.dtype.kind == "f" and _is_half(a.op.inputs["x"])):
+        x = np.asarray(x, np.float16).astype(ctx.dtype)
     if to == "fp16":
-        return np.asarray(x, np.float16).astype(ctx.dtype)
+        return x
     if to in ("fp32", "fp64"):
         return np.asarray(x, ctx.dtype)
     if to in ("int32", "int16", "int8", "uint8", "uint16", "int64"):

@@ -8,6 +8,7 @@ index formulas and loops written here, never from the evaluator's own code.
 import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -558,7 +559,7 @@ def test_never_imports_tensorflow(act_program):
             "run(p, {'x': np.zeros((2, 4, 5, 3), np.float32)})\n"
             "print(sorted(m for m in ('tensorflow', 'torch', 'keras') if m in sys.modules))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+                         cwd=str(Path(__file__).resolve().parent.parent))
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
     assert out.stderr == ""

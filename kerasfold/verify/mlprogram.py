@@ -96,7 +96,7 @@ def load_program(path: str | Path) -> Program:
     from coremltools.converters.mil.frontend.milproto.load import load as milload
     path = Path(path)
     if not path.exists():
-        raise ExportError(f"expected a saved ML Program (.mlpackage), received a path that does not exist",
+        raise ExportError("expected a saved ML Program (.mlpackage), received a path that does not exist",
                           file=str(path))
     model = ct.models.MLModel(str(path), skip_model_load=True)
     spec = model.get_spec()

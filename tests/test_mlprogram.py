@@ -111,6 +111,23 @@ def test_conv_matches_reference(conv_outputs, name):
     assert rel_err(got, want) < REL
 
 
+def test_conv1d_and_max_pool1d(save):
+    """Rank-3 (N, C, W) windows run as the 1 x W image."""
+    x, w, b = normal(1, 3, 10), normal(4, 3, 3), normal(4)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=ct.target.iOS15)
+    def prog(x):
+        y = mb.conv(x=x, weight=w, bias=b, strides=[2], pad_type="custom", pad=[1, 2], name="conv1d")
+        return y, mb.max_pool(x=y, kernel_sizes=[2], strides=[1], pad_type="custom", pad=[0, 1], name="pool1d")
+    got = run(save("conv1d", prog), {"x": x}, dtype="float64")
+    op = ops.Conv2D(kernel=w.transpose(2, 1, 0)[None], bias=b, strides=(1, 2), dilation=(1, 1), groups=1,
+                    padding="same", pad=(0, 0, 1, 2))
+    want = nchw(reference._conv2d(op, [nhwc(x[:, :, None]).astype(np.float64)], reference.Context(np.float64)))[:, :, 0]
+    assert rel_err(got["conv1d"], want) < 1e-12
+    padded = np.pad(want, [(0, 0), (0, 0), (0, 1)], constant_values=-np.inf)
+    assert np.array_equal(got["pool1d"], np.maximum(padded[:, :, :-1], padded[:, :, 1:]))
+
+
 # conv_transpose: weight (Cin, Cout/groups, kh, kw), against a scatter written here
 
 X_DECONV = normal(1, 4, 5, 6)

@@ -400,6 +400,13 @@ def _reduce(fn: Callable) -> Callable:
     return lambda a, ctx: fn(a.x, axis=_axes(a, a.x), keepdims=bool(a.scalar("keep_dims", False)))
 
 
+def _log_sum_exp(x: np.ndarray, axis: Any, keepdims: bool) -> np.ndarray:
+    """log(sum(exp(x))) along ``axis``, shifted by the maximum so that it does not overflow."""
+    top = np.max(x, axis=axis, keepdims=True)
+    out = np.log(np.sum(np.exp(x - top), axis=axis, keepdims=True)) + top
+    return out if keepdims else np.squeeze(out, axis=axis)
+
+
 def _reshape(a: Args, ctx: "Context") -> np.ndarray:
     x, shape = a.x, [int(v) for v in a.shape]
     if len(shape) == x.ndim:                                           # 0 keeps the input's size
@@ -597,6 +604,15 @@ OPS: dict[str, Run] = {
     "maximum": _binary(np.maximum),
     "minimum": _binary(np.minimum),
     "pow": _binary(np.power),
+    # comparisons (bool) and selection
+    "greater": _binary(np.greater),
+    "greater_equal": _binary(np.greater_equal),
+    "less": _binary(np.less),
+    "less_equal": _binary(np.less_equal),
+    "equal": _binary(np.equal),
+    "not_equal": _binary(np.not_equal),
+    "select": lambda a, ctx: np.where(np.asarray(a.cond).astype(bool), a.a, a.b),
+    "reduce_log_sum_exp": _reduce(_log_sum_exp),
     # reductions
     "reduce_mean": _reduce(np.mean),
     "reduce_max": _reduce(np.max),

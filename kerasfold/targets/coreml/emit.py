@@ -47,6 +47,11 @@ def from_image(e: Emitter, var: Any, rank: int, name: str) -> Value:
     return Value(e.mb.transpose(x=squeezed, perm=[0, 2, 1], name=name), 3)
 
 
+def _name(name: str | None) -> dict[str, str]:
+    """The ``name`` argument of a MIL op, or none (the builder refuses ``name=None``)."""
+    return {} if name is None else {"name": name}
+
+
 def _named(var: Any, name: str) -> bool:
     return getattr(var, "name", None) == name
 
@@ -75,7 +80,7 @@ def _conv2d(e: Emitter, op: ops.Conv2D, xs: list[Value], shape: tuple, name: str
     y = e.mb.conv(x=as_image(e, xs[0]), weight=np.ascontiguousarray(weight), bias=e.const(op.bias),
                   strides=list(op.strides), pad_type="custom", pad=list(op.pad),
                   dilations=list(op.dilation), groups=int(op.groups),
-                  name=name if xs[0].rank == 4 else None)
+                  **_name(name if xs[0].rank == 4 else None))
     return from_image(e, y, xs[0].rank, name)
 
 
@@ -85,7 +90,7 @@ def _depthwise(e: Emitter, op: ops.DepthwiseConv2D, xs: list[Value], shape: tupl
     y = e.mb.conv(x=as_image(e, xs[0]), weight=np.ascontiguousarray(weight), bias=e.const(op.bias),
                   strides=list(op.strides), pad_type="custom", pad=list(op.pad),
                   dilations=list(op.dilation), groups=int(c),
-                  name=name if xs[0].rank == 4 else None)
+                  **_name(name if xs[0].rank == 4 else None))
     return from_image(e, y, xs[0].rank, name)
 
 
@@ -101,14 +106,14 @@ def _conv_transpose(e: Emitter, op: ops.Conv2DTranspose, xs: list[Value], shape:
                             output_shape=[1, out, full[0], full[1]])
     top, bottom, left, right = op.crop
     y = e.mb.slice_by_index(x=y, begin=[0, 0, top, left], end=[1, out, full[0] - bottom, full[1] - right],
-                            name=name if xs[0].rank == 4 else None)
+                            **_name(name if xs[0].rank == 4 else None))
     return from_image(e, y, xs[0].rank, name)
 
 
 def _pool(e: Emitter, op: ops.Pool2D, xs: list[Value], shape: tuple, name: str) -> Value:
     """Padded cells take no part: max pooling over real pixels only, average over the real count."""
     common = dict(x=as_image(e, xs[0]), kernel_sizes=list(op.size), strides=list(op.strides),
-                  pad_type="custom", pad=list(op.pad), name=name if xs[0].rank == 4 else None)
+                  pad_type="custom", pad=list(op.pad), **_name(name if xs[0].rank == 4 else None))
     if op.mode == "max":
         y = e.mb.max_pool(**common)
     else:
@@ -121,7 +126,7 @@ def _global_pool(e: Emitter, op: ops.GlobalPool2D, xs: list[Value], shape: tuple
     reduce = e.mb.reduce_max if op.mode == "max" else e.mb.reduce_mean
     if not op.keepdims:
         return Value(reduce(x=x, axes=[2, 3], keep_dims=False, name=name), 2)
-    y = reduce(x=x, axes=[2, 3], keep_dims=True, name=name if xs[0].rank == 4 else None)
+    y = reduce(x=x, axes=[2, 3], keep_dims=True, **_name(name if xs[0].rank == 4 else None))
     return from_image(e, y, xs[0].rank, name)
 
 
@@ -152,7 +157,7 @@ def _elementwise(e: Emitter, op: ops.Elementwise, xs: list[Value], shape: tuple,
         args.insert(position, np.float32(value))
     out = args[0]
     for i, a in enumerate(args[1:], start=1):
-        out = fn(x=out, y=a, name=name if same and i == len(args) - 1 else None)
+        out = fn(x=out, y=a, **_name(name if same and i == len(args) - 1 else None))
     if same:
         return Value(out, 4)
     return from_keras(e, out, rank, name)
@@ -169,19 +174,19 @@ def _resize(e: Emitter, op: ops.Resize, xs: list[Value], shape: tuple, name: str
     resize, Keras' UpSampling2D), which is MIL's ``upsample_bilinear`` without corner alignment."""
     x = as_image(e, xs[0])
     sh, sw = op.size
-    named = name if xs[0].rank == 4 else None
+    named = _name(name if xs[0].rank == 4 else None)
     if op.interpolation == "nearest":
-        y = e.mb.upsample_nearest_neighbor(x=x, scale_factor_height=int(sh), scale_factor_width=int(sw), name=named)
+        y = e.mb.upsample_nearest_neighbor(x=x, scale_factor_height=int(sh), scale_factor_width=int(sw), **named)
     else:
         y = e.mb.upsample_bilinear(x=x, scale_factor_height=float(sh), scale_factor_width=float(sw),
-                                   align_corners=False, name=named)
+                                   align_corners=False, **named)
     return from_image(e, y, xs[0].rank, name)
 
 
 def _pad(e: Emitter, op: ops.Pad, xs: list[Value], shape: tuple, name: str) -> Value:
     top, bottom, left, right = op.pad
     y = e.mb.pad(x=as_image(e, xs[0]), pad=[0, 0, 0, 0, top, bottom, left, right], mode="constant",
-                 constant_val=np.float32(0.0), name=name if xs[0].rank == 4 else None)
+                 constant_val=np.float32(0.0), **_name(name if xs[0].rank == 4 else None))
     return from_image(e, y, xs[0].rank, name)
 
 
@@ -190,7 +195,7 @@ def _crop(e: Emitter, op: ops.Crop, xs: list[Value], shape: tuple, name: str) ->
     x = as_image(e, xs[0])
     n, c, h, w = x.shape
     y = e.mb.slice_by_index(x=x, begin=[0, 0, top, left], end=[n, c, h - bottom, w - right],
-                            name=name if xs[0].rank == 4 else None)
+                            **_name(name if xs[0].rank == 4 else None))
     return from_image(e, y, xs[0].rank, name)
 
 
@@ -198,7 +203,7 @@ def _reshape(e: Emitter, op: ops.Op, xs: list[Value], shape: tuple, name: str) -
     """Reshape and Flatten in Keras' (H, W, C) order: through NHWC, whatever the program's layout."""
     rank = _rank_of(shape)
     y = e.mb.reshape(x=to_keras(e, xs[0]), shape=[1, *[int(d) for d in shape]],
-                     name=name if rank != 4 else None)
+                     **_name(name if rank != 4 else None))
     return Value(y, rank) if rank != 4 else from_keras(e, y, 4, name)
 
 
@@ -230,6 +235,21 @@ def _prelu(e: Emitter, op: ops.PReLU, xs: list[Value], shape: tuple, name: str) 
     negative = e.mb.relu(x=e.mb.mul(x=v.var, y=np.float32(-1.0)))
     return Value(e.mb.sub(x=e.mb.relu(x=v.var), y=e.mb.mul(x=negative, y=np.ascontiguousarray(alpha)),
                           name=name), v.rank)
+
+
+def _batch_norm(e: Emitter, op: ops.BatchNorm, xs: list[Value], shape: tuple, name: str) -> Value:
+    """A BatchNormalization over an axis other than the channels (the one the passes leave; MPS
+    refuses it): x * s + t with the exact per-index scale s and shift t along that axis."""
+    from ...passes.batch_norm import bn_params
+    from ...passes.bn_math import bn_as_scale_bias
+    v = xs[0]
+    scale, shift = bn_as_scale_bias(bn_params(op))
+    axis = op.axis % v.rank
+    axis = {1: 2, 2: 3, 3: 1}.get(axis, axis) if v.nchw else axis
+    along = [1] * v.rank
+    along[axis] = -1
+    scaled = e.mb.mul(x=v.var, y=e.const(scale).reshape(along))
+    return Value(e.mb.add(x=scaled, y=e.const(shift).reshape(along), name=name), v.rank)
 
 
 def _space_to_depth(e: Emitter, op: ops.SpaceToDepth, xs: list[Value], shape: tuple, name: str) -> Value:
@@ -264,6 +284,7 @@ EMITTERS: dict[type, Callable[[Emitter, Any, list[Value], tuple, str], Value]] =
     ops.Rescaling: _rescaling,
     ops.PReLU: _prelu,
     ops.SpaceToDepth: _space_to_depth,
+    ops.BatchNorm: _batch_norm,
 }
 
 

@@ -182,3 +182,50 @@ def test_no_tensorflow_imported(tiny_yolo, tmp_path):
             "print(sorted(m for m in ('tensorflow', 'keras', 'torch') if m in sys.modules))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
     assert (result.returncode, result.stdout.strip(), result.stderr) == (0, "[]", "")
+
+
+def test_tiny_yolo_package_runs_like_keras(tiny_yolo, tmp_path):
+    """(b) The saved program, run by the numpy evaluator, against Keras' own prediction."""
+    import keras
+    from kerasfold.verify.mlprogram import run
+    out = tmp_path / "k.mlpackage"
+    assert coreml(tiny_yolo["keras"], out, "-q") == 0
+    model = keras.models.load_model(tiny_yolo["keras"], compile=False)
+    x = np.random.default_rng(5).random((1, 416, 416, 3), dtype=np.float32)
+    want = model.predict(x, verbose=0)
+    for dtype, bound in (("float64", 1e-5), ("float32", 1e-5)):
+        got = run(program_of(out), {"input_1": x}, dtype=dtype)["conv2d_9"]
+        assert got.shape == want.shape == (1, 13, 13, 125)
+        assert float(np.max(np.abs(got - want))) <= bound * float(np.max(np.abs(want))), dtype
+
+
+def test_verify_option_float32_and_float16(tiny_yolo, tmp_path, capsys):
+    assert coreml(tiny_yolo["keras2-h5"], tmp_path / "a.mlpackage", "--verify") == 0
+    out = capsys.readouterr().out
+    assert "coreml PASS" in out and "tolerance 1e-05" in out and "macOS only" in out
+    assert coreml(tiny_yolo["keras2-h5"], tmp_path / "h.mlpackage", "--verify", "--dtype", "float16") == 0
+    out = capsys.readouterr().out
+    assert "coreml PASS" in out and "tolerance 0.01" in out
+
+
+def test_verify_fails_on_a_package_that_does_not_match(tiny_yolo, small_model, tmp_path, capsys):
+    """--verify is a real check: a package built from other weights (another seed) fails it."""
+    from kerasfold.verify.coreml import verify_package
+    from models.small import conv_bn_act
+    _, a = small_model(conv_bn_act, seed=0)
+    _, b = small_model(conv_bn_act, seed=1)
+    assert coreml(b, tmp_path / "b.mlpackage", "-q") == 0
+    report = verify_package(a, tmp_path / "b.mlpackage")
+    assert not report.passed and report.checks[0].max_rel > 1e-2
+
+
+def test_yolov2_space_to_depth_passes(tmp_path, capsys):
+    """YOLOv2 (YAD2K's space_to_depth Lambda, a route concatenation), at 128 x 128 for speed."""
+    from models.yolov2 import build_and_save
+    path = build_and_save(tmp_path, input_size=128)["keras2-h5"]
+    assert coreml(path, tmp_path / "y.mlpackage", "--verify") == 0
+    out = capsys.readouterr().out
+    assert "coreml PASS" in out, out
+    program = program_of(tmp_path / "y.mlpackage")
+    kinds = [op.op_type for op in program.main.operations]
+    assert "concat" in kinds and kinds.count("conv") == 23

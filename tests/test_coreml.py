@@ -206,6 +206,9 @@ def test_verify_option_float32_and_float16(tiny_yolo, tmp_path, capsys):
     assert coreml(tiny_yolo["keras2-h5"], tmp_path / "h.mlpackage", "--verify", "--dtype", "float16") == 0
     out = capsys.readouterr().out
     assert "coreml PASS" in out and "tolerance 0.01" in out
+    assert coreml(tiny_yolo["keras2-h5"], tmp_path / "i.mlpackage", "--verify", "--image-input",
+                  "--scale", 1 / 255, "--bias", "-0.1,0,0.1") == 0              # whole pixels in, scaled inside
+    assert "coreml PASS" in capsys.readouterr().out
 
 
 def test_verify_fails_on_a_package_that_does_not_match(tiny_yolo, small_model, tmp_path, capsys):
@@ -229,3 +232,21 @@ def test_yolov2_space_to_depth_passes(tmp_path, capsys):
     program = program_of(tmp_path / "y.mlpackage")
     kinds = [op.op_type for op in program.main.operations]
     assert "concat" in kinds and kinds.count("conv") == 23
+
+
+@pytest.mark.skipif(sys.platform != "darwin", reason="Core ML prediction runs on macOS only "
+                    "(coremltools: 'Model prediction is only supported on macOS'); here the numpy "
+                    "evaluator proves the package")
+def test_core_ml_itself_agrees_on_macos(tiny_package, tiny_yolo):
+    from kerasfold.verify.coreml import verify_package
+    report = verify_package(tiny_yolo["keras2-h5"], tiny_package)
+    assert [c.label for c in report.checks] == ["coreml", "core ml"] and report.passed, report.text()
+
+
+def test_float16_warnings_count_weights_as_mps_does(tiny_yolo, tiny_yolo_export, tmp_path, capsys):
+    from kerasfold.yolo2metal import main as export_main
+    assert export_main([str(tiny_yolo["keras2-h5"]), str(tmp_path / "half"), "--dtype", "float16", "-q"]) == 0
+    mps = sorted(line.split(": ", 2)[-1] for line in capsys.readouterr().err.splitlines())
+    assert coreml(tiny_yolo["keras2-h5"], tmp_path / "h.mlpackage", "--dtype", "float16", "-q") == 0
+    core_ml = sorted(line.split(": ", 2)[-1] for line in capsys.readouterr().err.splitlines())
+    assert core_ml == mps and len(mps) == 7

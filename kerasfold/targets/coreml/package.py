@@ -64,7 +64,9 @@ class _Weights:
     def __call__(self, layer: str, a: np.ndarray) -> np.ndarray:
         if self.dtype == "float32":
             return np.asarray(a, np.float32)
-        s = half_stats(layer, np.asarray(a))
+        s = half_stats(layer, np.asarray(a))              # raises beyond half range, biases included
+        if np.ndim(a) < 2:                                 # counts as MPS reports them: weights only
+            return np.asarray(a).astype(np.float16).astype(np.float32)
         old = self.stats.get(layer)
         if old is not None:
             s = HalfStats(layer, old.count + s.count, old.flushed + s.flushed, old.subnormal + s.subnormal)

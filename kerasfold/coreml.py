@@ -8,8 +8,9 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import Any
 
-from .cli import EXIT_OK, EXIT_PARITY, parse_size, run
+from .cli import parse_size, report, run
 from .errors import ExportError
 
 PROG = "kerasfold-coreml"
@@ -48,7 +49,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--image-input", action="store_true",
                    help="take the input as an image (CVPixelBuffer), preprocessed as x * scale + bias")
     p.add_argument("--scale", type=float, default=1.0, help="image input scale, e.g. 0.00392156862745098 (1/255) for YOLO")
-    p.add_argument("--bias", type=_floats, default=(0.0,), help="image input bias: one value or one per channel")
+    p.add_argument("--bias", type=_floats, default=(0.0,), help="image input bias: one value or one per channel (negative: --bias=-1,-1,-1)")
     p.add_argument("--color-layout", choices=("RGB", "BGR"), default="RGB",
                    help="the channel order the Keras model expects of an image input")
     p.add_argument("--labels", type=Path, metavar="FILE", help="class labels, one per line (metadata)")
@@ -86,17 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                                 labels=read_labels(args.labels) if args.labels else (),
                                 author=args.author, description=args.description)
         result = build_package(args.source, args.out, options, input_size=args.input_size)
-        for line in result.warnings():
-            print(f"{PROG}: warning: {line}", file=sys.stderr)
-        if not args.quiet:
-            print(result.summary())
-        if args.verify:
+
+        def verify() -> Any:
             from .verify.coreml import verify_package
-            report = verify_package(args.source, args.out, input_size=args.input_size)
-            if not args.quiet or not report.passed:
-                print(report.text())
-            return EXIT_OK if report.passed else EXIT_PARITY
-        return EXIT_OK
+            return verify_package(args.source, args.out, input_size=args.input_size)
+
+        return report(PROG, result, quiet=args.quiet, verify=verify if args.verify else None)
 
     return run(job, PROG)
 

@@ -207,7 +207,7 @@ def test_verify_option_float32_and_float16(tiny_yolo, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "coreml PASS" in out and "tolerance 0.01" in out
     assert coreml(tiny_yolo["keras2-h5"], tmp_path / "i.mlpackage", "--verify", "--image-input",
-                  "--scale", 1 / 255, "--bias", "-0.1,0,0.1") == 0              # whole pixels in, scaled inside
+                  "--scale", 1 / 255, "--bias=-0.1,0,0.1") == 0              # whole pixels in, scaled inside
     assert "coreml PASS" in capsys.readouterr().out
 
 

@@ -2,6 +2,7 @@
 starts, and MPS offsets in the manifest."""
 import hashlib
 import json
+import importlib.util
 import subprocess
 import sys
 
@@ -92,6 +93,11 @@ def test_tiny_variance_fails_float16_naming_the_layer(tmp_path):
     line = proc.stderr.strip()
     assert len(line.splitlines()) == 1 and "layer 'conv'" in line and "largest |w| =" in line
     assert "float16" in line and not (tmp_path / "f16").exists()
+    if importlib.util.find_spec("coremltools"):               # the Core ML target checks the same range
+        proc = subprocess.run([sys.executable, "-m", "kerasfold.coreml", str(path), str(tmp_path / "h.mlpackage"),
+                               "--dtype", "float16"], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and proc.stderr.strip() == line.replace("kerasfold:", "kerasfold-coreml:")
+        assert not (tmp_path / "h.mlpackage").exists()
 
 
 def test_no_fold_export_keeps_bn_and_activations(tiny_yolo, tmp_path):

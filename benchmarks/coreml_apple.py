@@ -10,7 +10,14 @@ ML Program for iOS 15 and ``.save(OUT)``. Needs TensorFlow. Exit 0 on success; e
 from __future__ import annotations
 
 import os
+import re
 import sys
+
+
+def one_line(err: Exception) -> str:
+    """The error's type and message on one line, without Keras' ANSI colour codes."""
+    text = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(err)).split())
+    return f"{type(err).__name__}: {text[:400]}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -21,15 +28,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model = keras.models.load_model(model_path, compile=False, safe_mode=False)
     except Exception as err:  # noqa: BLE001 — any refusal by Keras is the answer this row reports
-        print(f"cannot: keras.models.load_model: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
-              file=sys.stderr)
+        print(f"cannot: keras.models.load_model: {one_line(err)}", file=sys.stderr)
         return 2
     try:
         mlmodel = ct.convert(model, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS15,
                              compute_precision=ct.precision.FLOAT32)
     except Exception as err:  # noqa: BLE001 — likewise for coremltools
-        print(f"cannot: coremltools.convert: {type(err).__name__}: {str(err).splitlines()[0][:300]}",
-              file=sys.stderr)
+        print(f"cannot: coremltools.convert: {one_line(err)}", file=sys.stderr)
         return 2
     mlmodel.save(out)
     return 0

@@ -115,7 +115,7 @@ def compare(name: str, apple: Path, kf: Path) -> list[str]:
     folded = [d for d in distances if d.max_ulps <= 8]
     far = [d for d in distances if d.max_ulps > 8]
     lines.append(f"  weights, coremltools.convert vs kerasfold (exact fold rounded once): "
-                 f"max {max(d.max_ulps for d in folded)} ulps, {sum(d.differ for d in folded) / values:.1%} of "
+                 f"max {max((d.max_ulps for d in folded), default=0)} ulps, {sum(d.differ for d in folded) / values:.1%} of "
                  f"{values} values differ; tensors identical: {sum(d.differ == 0 for d in distances)}/{len(distances)}")
     for d in far:
         lines.append(f"    {d.name} {d.shape}: {d.max_ulps} ulps max, {d.fraction:.1%} differ "

@@ -710,8 +710,8 @@ def _inputs(function: Any, inputs: dict[str, np.ndarray], dtype: Any, where: str
     out = {}
     for name, var in specs.items():
         x = np.asarray(inputs[name])
-        want = tuple(var.shape)
-        if x.shape != want:
+        want = tuple(var.shape)            # a symbolic dimension (a flexible batch) takes any size
+        if len(x.shape) != len(want) or any(isinstance(w, (int, np.integer)) and w != n for w, n in zip(want, x.shape)):
             raise ExportError(f"expected input '{name}' of shape {want}, received {x.shape}", file=where)
         out[name] = np.ascontiguousarray(x, dtype=dtype)
     return out

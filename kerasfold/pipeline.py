@@ -16,7 +16,8 @@ from .errors import ExportError
 from .graph import Graph
 from .kinds import lower
 from .passes import run_passes
-from .readers import read_model
+from .readers import file_sha256, read_model
+from .readers.layers import Model
 from .targets.mps.entries import emit
 from .targets.mps.float16 import HalfStats
 from .targets.mps.writer import write_export
@@ -61,12 +62,40 @@ def _nbytes(info: dict[str, Any]) -> int:
     return count * (2 if info["dtype"] == "float16" else 4)
 
 
+# The last model file read (one entry, by resolved path): ``--verify`` lowers the file again,
+# unfolded, right after the export read it. Kept until another file is read.
+_last_read: dict[Path, Model] = {}
+
+
+def read(model: str | Path, *, reuse: bool = False) -> Model:
+    """``read_model``, remembered. ``reuse``: the model last read from this path when the file
+    still has the same sha256 (hashing costs a third of reading), else a new read. The weights
+    are made read-only: nothing downstream writes into them (passes replace arrays), and a reader
+    sharing them could not be handed a changed copy."""
+    path = Path(model)
+    cached = _last_read.get(path.resolve())
+    if reuse and cached is not None:
+        try:
+            if file_sha256(path) == cached.source.sha256:
+                return cached
+        except OSError:                   # gone or unreadable: read_model says so in one line
+            pass
+    raw = read_model(path)
+    for layer in raw:
+        for array in layer.weights.values():
+            array.flags.writeable = False
+    _last_read.clear()
+    _last_read[path.resolve()] = raw
+    return raw
+
+
 def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int] | None = None,
-            allow_opaque: bool = False) -> Graph:
+            allow_opaque: bool = False, reuse: bool = False) -> Graph:
     """Read, lower and rewrite a model: the graph of typed operations every target starts from.
     ``fold=False`` keeps BatchNormalization (as a per-channel scale/bias) and activations apart;
-    ``allow_opaque`` lets unknown weightless layers through as opaque operations."""
-    raw = read_model(model)
+    ``allow_opaque`` lets unknown weightless layers through as opaque operations; ``reuse``: the
+    last read of the same bytes instead of reading again (:func:`read`)."""
+    raw = read(model, reuse=reuse)
     try:
         return run_passes(lower(raw, input_size, allow_opaque), fold=fold)
     except ExportError as err:

@@ -27,7 +27,7 @@ HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -223,5 +223,5 @@ def read_model(path: str | Path) -> Model:
         _check_arrays(nodes)
     except ExportError as err:
         raise err.at(file=str(path))
-    source = SourceInfo(file=path.name, sha256=_sha256(path), keras_version=version, flavour=flavour)
+    source = SourceInfo(file=path.name, sha256=file_sha256(path), keras_version=version, flavour=flavour)
     return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source)

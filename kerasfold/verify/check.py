@@ -27,8 +27,7 @@ from ..cli import EXIT_OK, EXIT_PARITY, parse_size, run
 from ..errors import ExportError, MissingDependency, UnsupportedLayer
 from ..graph import Graph
 from ..kinds.lambdas import function_name
-from ..pipeline import prepare
-from ..readers import read_model
+from ..pipeline import prepare, read
 from ..targets.mps.read import Export, load_export
 from .reference import run as run_reference
 
@@ -143,13 +142,25 @@ def by_origin(plain: Graph, xs: list[np.ndarray], compute: str) -> Callable[[str
     return {plain.output_of(n.name): outputs[n.name] for n in plain}.get
 
 
-def reference_check(model: Path, export: Export, xs: list[np.ndarray], tolerance: float,
+def run_files(export: Export, files: Graph, xs: list[np.ndarray], compute: str,
+              keep: bool = False) -> dict[str, np.ndarray]:
+    """The reference executor on the export's network as decoded once (``export.graph()``),
+    errors naming the export."""
+    try:
+        return run_reference(files, xs, dtype=compute, keep=keep)
+    except ExportError as err:
+        raise err.at(file=str(export.root))
+
+
+def reference_check(model: Path, export: Export, files: Graph, xs: list[np.ndarray], tolerance: float,
                     compute: str) -> Check:
-    """The files run by the numpy reference executor, against the same executor on the original's
-    unfolded graph, in memory (BN as a per-channel scale/bias, activations as nodes of their own)."""
+    """The files (``files``: the export decoded) run by the numpy reference executor, against the
+    same executor on the original's unfolded graph, in memory (BN as a per-channel scale/bias,
+    activations as nodes of their own), lowered from the read the export just made when the
+    file's sha256 is unchanged."""
     size = tuple(export.manifest["inputs"][0]["shape"][:2]) if len(export.manifest["inputs"]) == 1 else None
-    plain = prepare(model, fold=False, input_size=size if size and len(size) == 2 else None)
-    got = run_reference(export, xs, dtype=compute)
+    plain = prepare(model, fold=False, input_size=size if size and len(size) == 2 else None, reuse=True)
+    got = run_files(export, files, xs, compute)
     want = run_reference(plain, xs, dtype=compute)
     outputs = list(export.manifest["outputs"])
     shapes = [tuple(got[o].shape) for o in outputs], [tuple(w.shape) for w in want.values()]
@@ -159,7 +170,7 @@ def reference_check(model: Path, export: Export, xs: list[np.ndarray], tolerance
     max_abs, max_rel = errors([got[o] for o in outputs], list(want.values()))
     divergence = None
     if max_rel > tolerance:
-        got_all = run_reference(export, xs, dtype=compute, keep=True)
+        got_all = run_files(export, files, xs, compute, keep=True)
         divergence = first_divergence(export, got_all, by_origin(plain, xs, compute), tolerance)
     return Check("reference", max_abs, max_rel, "the unfolded graph run by kerasfold's numpy executor",
                  divergence)
@@ -187,7 +198,7 @@ def rebuild_original(model: Path, export: Export) -> Any:
     from .rebuild import from_graph
     shapes = {s["name"]: tuple(s["shape"]) for s in export.manifest["inputs"]}
     try:
-        return from_graph(read_model(model), shapes)
+        return from_graph(read(model, reuse=True), shapes)
     except ExportError as err:
         raise err.at(file=str(model))
 
@@ -210,12 +221,12 @@ def _keras_layer_outputs(reference: Any, xs: list[np.ndarray]) -> Callable[[str]
     return values.get
 
 
-def keras_check(model: Path, export: Export, xs: list[np.ndarray], tolerance: float, compute: str,
-                original: str, notes: list[str]) -> Check:
+def keras_check(model: Path, export: Export, files: Graph, xs: list[np.ndarray], tolerance: float,
+                compute: str, original: str, notes: list[str]) -> Check:
     from .keras_env import floatx, with_dtype
     from .rebuild import from_export
     with floatx(compute):
-        rebuilt = from_export(export)
+        rebuilt = from_export(export, graph=files)
         if original == "graph":
             reference, how = rebuild_original(model, export), "rebuilt from the graph"
         else:
@@ -224,7 +235,8 @@ def keras_check(model: Path, export: Export, xs: list[np.ndarray], tolerance: fl
         max_abs, max_rel = errors(_outputs(rebuilt, xs), _outputs(reference, xs))
         divergence = None
         if max_rel > tolerance:
-            every = dict(zip((e["name"] for e in export.layers), _outputs(from_export(export, keep=True), xs)))
+            every = dict(zip((e["name"] for e in export.layers),
+                             _outputs(from_export(export, keep=True, graph=files), xs)))
             divergence = first_divergence(export, every, _keras_layer_outputs(reference, xs), tolerance)
     return Check("parity", max_abs, max_rel, how, divergence)
 
@@ -263,16 +275,17 @@ def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None
                               f"the export was made for, received {input_size[0]}x{input_size[1]}; "
                               "re-export with --input-size", file=str(out))
     xs = seeded_inputs(export, samples, seed)
+    files = export.graph()                  # read, hashed and decoded once, for both checks
     checks = []
     if use_keras:
         try:
-            checks.append(keras_check(model, export, xs, tolerance, compute, original, notes))
+            checks.append(keras_check(model, export, files, xs, tolerance, compute, original, notes))
         except MissingDependency:
             notes.append("TensorFlow is not installed: the numpy reference executor is the only check")
     else:
         notes.append("Keras check skipped: the numpy reference executor is the only check")
     try:
-        checks.append(reference_check(model, export, xs, tolerance, compute))
+        checks.append(reference_check(model, export, files, xs, tolerance, compute))
     except UnsupportedLayer as err:
         if not checks:
             raise                           # no check at all would be a pass that proves nothing

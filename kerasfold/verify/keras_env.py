@@ -59,6 +59,9 @@ def with_dtype(model: Any, dtype: str) -> Any:
         config = layer.get_config()
         if "dtype" in config:                  # ops recorded as nodes (x + y) carry no dtype
             config["dtype"] = dtype
+        for key in config:                     # every weight is set below: no random draws first
+            if key.endswith("_initializer") and config[key] is not None:
+                config[key] = "zeros"
         return layer.__class__.from_config(config)
 
     inputs = keras.tree.map_structure(lambda t: keras.Input(shape=t.shape[1:], dtype=dtype), model.input)

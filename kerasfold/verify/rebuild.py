@@ -71,6 +71,11 @@ def _image(build: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
+# Every weight of a rebuilt layer is set from the files right after it is built: zeros (a fill)
+# instead of Keras' random initialisers, whose draws would be overwritten anyway.
+ZEROS = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
+
+
 def _weighted(layer: Any, x: Any, weights: list[np.ndarray]) -> Any:
     y = layer(x)
     layer.set_weights([np.asarray(w, np.float32) for w in weights])
@@ -86,7 +91,7 @@ def _conv2d(op: ops.Conv2D, xs: list[Any]) -> Any:
     layers = import_keras().layers
     kh, kw, _, cout = op.kernel.shape
     layer = layers.Conv2D(cout, (kh, kw), strides=op.strides, dilation_rate=op.dilation, groups=op.groups,
-                          padding="valid")
+                          padding="valid", **ZEROS)
     return _weighted(layer, _pad(xs[0], list(op.pad)), [op.kernel, _bias(op, cout)])
 
 
@@ -94,7 +99,7 @@ def _depthwise(op: ops.DepthwiseConv2D, xs: list[Any]) -> Any:
     layers = import_keras().layers
     kh, kw, c, m = op.kernel.shape
     layer = layers.DepthwiseConv2D((kh, kw), strides=op.strides, depth_multiplier=m, dilation_rate=op.dilation,
-                                   padding="valid")
+                                   padding="valid", depthwise_initializer="zeros", bias_initializer="zeros")
     weights = [op.kernel, _bias(op, c * m)]
     if len(xs[0].shape) == 2:                 # per-channel scale/bias on (N, C): run it on (N, 1, 1, C)
         flat = layers.Reshape((1, 1, xs[0].shape[-1]))(xs[0])
@@ -121,14 +126,14 @@ def _transpose(op: ops.Conv2DTranspose, xs: list[Any]) -> Any:
     """The full (valid) transposed convolution, then the crop."""
     layers = import_keras().layers
     kh, kw, cout, _ = op.kernel.shape
-    layer = layers.Conv2DTranspose(cout, (kh, kw), strides=op.strides, padding="valid")
+    layer = layers.Conv2DTranspose(cout, (kh, kw), strides=op.strides, padding="valid", **ZEROS)
     y = _weighted(layer, xs[0], [op.kernel, _bias(op, cout)])
     return _lambda(_crop)(ops.Crop(crop=op.crop), [y])
 
 
 def _dense(op: ops.Dense, xs: list[Any]) -> Any:
     layers = import_keras().layers
-    return _weighted(layers.Dense(op.kernel.shape[1]), xs[0], [op.kernel, _bias(op, op.kernel.shape[1])])
+    return _weighted(layers.Dense(op.kernel.shape[1], **ZEROS), xs[0], [op.kernel, _bias(op, op.kernel.shape[1])])
 
 
 def _batch_norm(op: ops.BatchNorm, xs: list[Any]) -> Any:
@@ -246,10 +251,11 @@ def from_ops(graph: Graph, keep: bool = False) -> Any:
     return keras.Model(_one_or_list(inputs), _one_or_list([tensors[o] for o in names]))
 
 
-def from_export(export: Export, keep: bool = False) -> Any:
-    """The BN-free Keras model described by an export's manifest and ``.bin`` files."""
+def from_export(export: Export, keep: bool = False, graph: Graph | None = None) -> Any:
+    """The BN-free Keras model described by an export's manifest and ``.bin`` files (``graph``:
+    the export already decoded by ``export.graph()``, not decoded again)."""
     try:
-        return from_ops(export.graph(), keep)
+        return from_ops(export.graph() if graph is None else graph, keep)
     except ExportError as err:
         raise err.at(file=str(export.root))
 

@@ -8,7 +8,8 @@ Fresh processes, alternated, N times each (median and min):
 - ``python -m kerasfold.yolo2metal MODEL OUT --verify -q`` (export, then both checks);
 - the same run in one process with a timer around each step: TensorFlow's import, Keras'
   import, then every step of the export and of ``verify_export`` (exclusive times: a step called
-  inside another is not counted twice; "other" is what no timer covers).
+  inside another is not counted twice; "other" is what no timer covers in the main thread; steps
+  marked "thread beside" ran in another thread, overlapping the others).
 
 The model is tiny-yolo-voc built in its Keras 2 ``.h5`` flavour (``models/tiny_yolo_voc.py``)
 unless ``--model`` names one.
@@ -23,17 +24,20 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
 TF, AFTER = "TensorFlow import", "everything after TensorFlow's import"
+BESIDE = " [thread beside]"                  # a step run in another thread, overlapping the rest
 
 # (module, function, step): the functions timed in the breakdown; one missing is skipped.
 STEPS = [
     ("kerasfold.yolo2metal", "export", "export (read, fold, write)"),
     ("kerasfold.verify.check", "load_export", "load the export (manifest)"),
+    ("kerasfold.targets.mps.read", "Export.graph", "decode the export (read, hash, layouts)"),
     ("kerasfold.verify.check", "unfolded_graph", "unfolded graph of the original"),
     ("kerasfold.verify.check", "prepare", "unfolded graph of the original"),
     ("kerasfold.verify.check", "run_reference", "reference runs (numpy)"),
@@ -52,6 +56,7 @@ def wall(cmd: list[str]) -> float:
 
 def child(model: str, out: str) -> None:
     """One ``--verify`` run with timers; prints {step: seconds} as JSON."""
+    sys.path.insert(0, str(ROOT))
     times: dict[str, float] = {}
     start = time.perf_counter()
     import tensorflow  # noqa: F401
@@ -60,10 +65,11 @@ def child(model: str, out: str) -> None:
     from kerasfold.verify.keras_env import import_keras
     import_keras()
     times["Keras import (after TensorFlow)"] = time.perf_counter() - start
-    stack: list[float] = []                   # time spent in timed callees, per open call
+    local = threading.local()                 # per thread: time spent in timed callees, per open call
 
     def timed(fn, step):
         def wrapper(*args, **kwargs):
+            stack = local.__dict__.setdefault("stack", [])
             stack.append(0.0)
             begin = time.perf_counter()
             try:
@@ -71,16 +77,20 @@ def child(model: str, out: str) -> None:
             finally:
                 total = time.perf_counter() - begin
                 inner = stack.pop()
-                times[step] = times.get(step, 0.0) + total - inner
+                key = step if threading.current_thread() is threading.main_thread() else step + BESIDE
+                times[key] = times.get(key, 0.0) + total - inner
                 if stack:
                     stack[-1] += total
         return wrapper
 
     import kerasfold.verify.rebuild  # noqa: F401  (imported before patching, as check imports it later)
     for module, name, step in STEPS:
-        mod = importlib.import_module(module)
-        if hasattr(mod, name):
-            setattr(mod, name, timed(getattr(mod, name), step))
+        owner = importlib.import_module(module)
+        *path, name = name.split(".")
+        for part in path:                     # a method: Class.method
+            owner = getattr(owner, part)
+        if hasattr(owner, name):
+            setattr(owner, name, timed(getattr(owner, name), step))
     from kerasfold.yolo2metal import main
     start = time.perf_counter()
     code = main([model, out, "--verify", "-q"])
@@ -130,7 +140,8 @@ def main() -> None:
     names = [k for k in dict.fromkeys(k for s in steps for k in s) if k != AFTER]
     for name in names:
         print(f"  {name:42} {statistics.median(s.get(name, 0.0) for s in steps):7.3f}")
-    other = [s[AFTER] - sum(v for k, v in s.items() if k not in (TF, AFTER)) for s in steps]
+    other = [s[AFTER] - sum(v for k, v in s.items() if k not in (TF, AFTER) and not k.endswith(BESIDE))
+             for s in steps]
     print(f"  {'other (no timer)':42} {statistics.median(other):7.3f}")
     print(f"  {AFTER:42} {statistics.median(s[AFTER] for s in steps):7.3f}")
 

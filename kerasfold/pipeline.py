@@ -6,6 +6,7 @@ numpy and h5py only; nothing here imports TensorFlow or Keras.
 """
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -65,6 +66,7 @@ def _nbytes(info: dict[str, Any]) -> int:
 # The last model file read (one entry, by resolved path): ``--verify`` lowers the file again,
 # unfolded, right after the export read it. Kept until another file is read.
 _last_read: dict[Path, Model] = {}
+_read_lock = threading.Lock()
 
 
 def read(model: str | Path, *, reuse: bool = False) -> Model:
@@ -73,20 +75,21 @@ def read(model: str | Path, *, reuse: bool = False) -> Model:
     are made read-only: nothing downstream writes into them (passes replace arrays), and a reader
     sharing them could not be handed a changed copy."""
     path = Path(model)
-    cached = _last_read.get(path.resolve())
-    if reuse and cached is not None:
-        try:
-            if file_sha256(path) == cached.source.sha256:
-                return cached
-        except OSError:                   # gone or unreadable: read_model says so in one line
-            pass
-    raw = read_model(path)
-    for layer in raw:
-        for array in layer.weights.values():
-            array.flags.writeable = False
-    _last_read.clear()
-    _last_read[path.resolve()] = raw
-    return raw
+    with _read_lock:                      # verify reads from two threads (kerasfold.verify.check)
+        cached = _last_read.get(path.resolve())
+        if reuse and cached is not None:
+            try:
+                if file_sha256(path) == cached.source.sha256:
+                    return cached
+            except OSError:               # gone or unreadable: read_model says so in one line
+                pass
+        raw = read_model(path)
+        for layer in raw:
+            for array in layer.weights.values():
+                array.flags.writeable = False
+        _last_read.clear()
+        _last_read[path.resolve()] = raw
+        return raw
 
 
 def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int] | None = None,

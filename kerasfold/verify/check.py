@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -277,19 +278,23 @@ def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None
     xs = seeded_inputs(export, samples, seed)
     files = export.graph()                  # read, hashed and decoded once, for both checks
     checks = []
-    if use_keras:
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        # The numpy check shares nothing mutable with the Keras one and both run mostly on one
+        # core: it runs beside it, and is reported after it as before.
+        reference = pool.submit(reference_check, model, export, files, xs, tolerance, compute)
+        if use_keras:
+            try:
+                checks.append(keras_check(model, export, files, xs, tolerance, compute, original, notes))
+            except MissingDependency:
+                notes.append("TensorFlow is not installed: the numpy reference executor is the only check")
+        else:
+            notes.append("Keras check skipped: the numpy reference executor is the only check")
         try:
-            checks.append(keras_check(model, export, files, xs, tolerance, compute, original, notes))
-        except MissingDependency:
-            notes.append("TensorFlow is not installed: the numpy reference executor is the only check")
-    else:
-        notes.append("Keras check skipped: the numpy reference executor is the only check")
-    try:
-        checks.append(reference_check(model, export, files, xs, tolerance, compute))
-    except UnsupportedLayer as err:
-        if not checks:
-            raise                           # no check at all would be a pass that proves nothing
-        notes.append(f"reference executor skipped: {err}")
+            checks.append(reference.result())
+        except UnsupportedLayer as err:
+            if not checks:
+                raise                       # no check at all would be a pass that proves nothing
+            notes.append(f"reference executor skipped: {err}")
     return ParityReport(tolerance=tolerance, samples=samples, checks=checks, compute=compute,
                         hash_mismatches=export.hash_mismatches, notes=notes)
 

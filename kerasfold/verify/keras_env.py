@@ -66,7 +66,8 @@ def with_dtype(model: Any, dtype: str) -> Any:
 
     inputs = keras.tree.map_structure(lambda t: keras.Input(shape=t.shape[1:], dtype=dtype), model.input)
     copy = keras.models.clone_model(model, input_tensors=inputs, clone_function=clone)
-    for src in model.layers:                   # by name: the clone may order its layers differently
-        if src.weights:
-            copy.get_layer(src.name).set_weights([w.astype(dtype) for w in src.get_weights()])
+    # by name (the clone may order its layers differently); upcast by TensorFlow, no numpy copies
+    for src in (layer for layer in model.layers if layer.weights):
+        for to, value in zip(copy.get_layer(src.name).weights, src.weights, strict=True):
+            to.assign(keras.ops.cast(value.value, dtype))
     return copy

@@ -51,6 +51,7 @@ def main() -> None:
             "reference executor, float64 (numpy)": lambda: run(exported, [x], dtype="float64"),
             "reference executor, MPS offsets": lambda: run(exported, [x], padding="offset"),
             "Keras model(x), float32 (TensorFlow CPU)": lambda: model(x, training=False),
+            "Keras predict_on_batch, float32 (TF CPU)": lambda: model.predict_on_batch(x),
         }
         print(f"tiny-yolo-voc 416x416, batch 1, median of {args.runs}, {os.cpu_count()} CPUs")
         for name, fn in rows.items():

@@ -2,7 +2,8 @@
 
     python benchmarks/reference_speed.py [--runs N]
 
-Same process, same input (batch 1), median of N runs each, after one warm-up run.
+Same process, same input (batch 1), after one warm-up run of each: N rounds, each round runs every
+row once in turn (so a busy machine slows every row alike), and each row's median over the rounds.
 """
 from __future__ import annotations
 
@@ -20,14 +21,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def median_seconds(fn, runs: int) -> float:
-    fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
+def median_seconds(rows: dict, runs: int) -> dict[str, float]:
+    """Each row's median wall time over ``runs`` interleaved rounds, after one warm-up call each."""
+    for fn in rows.values():
         fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in rows}
+    for _ in range(runs):
+        for name, fn in rows.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
@@ -53,9 +57,9 @@ def main() -> None:
             "Keras model(x), float32 (TensorFlow CPU)": lambda: model(x, training=False),
             "Keras predict_on_batch, float32 (TF CPU)": lambda: model.predict_on_batch(x),
         }
-        print(f"tiny-yolo-voc 416x416, batch 1, median of {args.runs}, {os.cpu_count()} CPUs")
-        for name, fn in rows.items():
-            print(f"{name:42} {median_seconds(fn, args.runs):7.3f} s")
+        print(f"tiny-yolo-voc 416x416, batch 1, median of {args.runs} interleaved rounds, {os.cpu_count()} CPUs")
+        for name, seconds in median_seconds(rows, args.runs).items():
+            print(f"{name:42} {seconds:7.3f} s")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 """The numpy reference executor against Keras' own CPU inference on tiny-yolo-voc 416×416.
 
-    python benchmarks/reference_speed.py [--runs N]
+    python benchmarks/reference_speed.py [--runs N] [--rounds R]
 
-Same process, same input (batch 1), after one warm-up run of each: N rounds, each round runs every
-row once in turn (so a busy machine slows every row alike), and each row's median over the rounds.
+Same process, same input (batch 1). R rounds; in each round every row runs N + 1 times in a row and
+the first call is not timed (it absorbs the previous row's idle BLAS or TensorFlow threads, which
+spin for a while); each row's median is over its R x N timed calls, so a machine that gets busier
+or quieter during the benchmark weighs on every row alike.
 """
 from __future__ import annotations
 
@@ -21,22 +23,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def median_seconds(rows: dict, runs: int) -> dict[str, float]:
-    """Each row's median wall time over ``runs`` interleaved rounds, after one warm-up call each."""
-    for fn in rows.values():
-        fn()
+def median_seconds(rows: dict, runs: int, rounds: int) -> dict[str, float]:
+    """Each row's median wall time over ``rounds`` rounds of one untimed and ``runs`` timed calls."""
     times: dict[str, list[float]] = {name: [] for name in rows}
-    for _ in range(runs):
+    for _ in range(rounds):
         for name, fn in rows.items():
-            start = time.perf_counter()
             fn()
-            times[name].append(time.perf_counter() - start)
+            for _ in range(runs):
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--runs", type=int, default=5, help="timed calls per row and round")
+    p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     import keras
 
@@ -57,8 +60,9 @@ def main() -> None:
             "Keras model(x), float32 (TensorFlow CPU)": lambda: model(x, training=False),
             "Keras predict_on_batch, float32 (TF CPU)": lambda: model.predict_on_batch(x),
         }
-        print(f"tiny-yolo-voc 416x416, batch 1, median of {args.runs} interleaved rounds, {os.cpu_count()} CPUs")
-        for name, seconds in median_seconds(rows, args.runs).items():
+        print(f"tiny-yolo-voc 416x416, batch 1, median of {args.rounds} rounds x {args.runs} runs, "
+              f"{os.cpu_count()} CPUs")
+        for name, seconds in median_seconds(rows, args.runs, args.rounds).items():
             print(f"{name:42} {seconds:7.3f} s")
 
 

@@ -5,6 +5,7 @@ compile=False)``. Reference side: only the export directory. Errors are relative
 output magnitude; both sides compute in float32, whose accumulated noise on tiny-yolo-voc is
 ~4e-6 each against a float64 run.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,9 +22,12 @@ import pytest
 from kerasfold import FORMAT_NAME, FORMAT_VERSION
 from kerasfold.kinds.activation import NAMES as _NAMES
 from kerasfold.errors import ExportError, UnsupportedLayer
-from kerasfold.targets.mps.read import load_export
+from kerasfold import ops as _ops
+from kerasfold.graph import Graph, Node, SourceInfo
+from kerasfold.targets.mps.read import Export, load_export
 from kerasfold.targets.mps.offsets import entry_offset, mps_offset, offset_for, window_start
-from kerasfold.verify.reference import ACTIVATIONS, OPS, apply_activation, run
+from kerasfold.verify import reference
+from kerasfold.verify.reference import ACTIVATIONS, OPS, _image, apply_activation, im2col_matmul, run, window
 from kerasfold.kinds.base import axis_pad
 
 REL = 1e-5
@@ -689,13 +693,6 @@ def test_leaky_elu_parameters_match_keras():
 # without im2col, bias and activation in place) against the straightforward executor they
 # replaced, kept here as the yardstick: same values, bit for bit, for every node
 
-from kerasfold import ops as _ops
-from kerasfold.graph import Graph, Node, SourceInfo
-from kerasfold.targets.mps.read import Export
-from kerasfold.verify import reference
-from kerasfold.verify.reference import _image, window
-
-
 class _PlainContext:
     """Every weight cast again on every use."""
 
@@ -717,55 +714,38 @@ def _plain_conv2d(op, xs, ctx):
     kh, kw, cg, cout = w.shape
     win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
     xp, base = win.frame(x, 0.0)
-    n, (oh, ow) = x.shape[0], win.out
     cols = np.stack([xp[:, r, c, :] for _, _, r, c in win.taps(base)], axis=3)  # (N, oh, ow, T, C)
-    rows, taps, g = n * oh * ow, kh * kw, op.groups
-    if g == 1:
-        y = cols.reshape(rows, taps * cg) @ w.reshape(taps * cg, cout)
-    else:
-        cols = cols.reshape(rows, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, taps * cg)
-        wg = w.reshape(taps, cg, g, cout // g).transpose(2, 0, 1, 3).reshape(g, taps * cg, cout // g)
-        y = np.matmul(cols, wg).transpose(1, 0, 2).reshape(rows, cout)
-    return _plain_bias(y.reshape(n, oh, ow, cout), op, ctx)
+    return _plain_bias(im2col_matmul(cols, w, op.groups).reshape(x.shape[0], *win.out, cout), op, ctx)
 
 
-def _plain_conv2d_transpose(op, xs, ctx):
-    x, w = xs[0], ctx.array(op.kernel)
-    kh, kw, cout, cin = w.shape
-    (sh, sw), (n, h, wd, _) = op.strides, x.shape
-    full = (h * sh + max(kh - sh, 0), wd * sw + max(kw - sw, 0))
-    y = np.zeros((n, *full, cout), x.dtype)
-    for a in range(kh):
-        for b in range(kw):
-            y[:, a:a + (h - 1) * sh + 1:sh, b:b + (wd - 1) * sw + 1:sw, :] += \
-                (x.reshape(-1, cin) @ w[a, b].T).reshape(n, h, wd, cout)
-    top, bottom, left, right = (int(v) for v in op.crop)
-    return _plain_bias(y[:, top:full[0] - bottom, left:full[1] - right, :], op, ctx)
+def _bias_after(fn):
+    """``fn`` (an operation whose only shortcut is the in-place bias) run without its bias, then
+    ``+ bias`` as a new array."""
+    def plain(op, xs, ctx):
+        return _plain_bias(fn(dataclasses.replace(op, bias=None), xs, ctx), op, ctx)
+    return plain
 
 
-def _plain_depthwise(op, xs, ctx):
-    x, w = xs[0], ctx.array(op.kernel)
-    kh, kw, c, m = w.shape
-    if x.ndim == 2 and (kh, kw, m) == (1, 1, 1):
-        return _plain_bias(x * w[0, 0, :, 0], op, ctx)
-    if x.ndim == 3:
-        return _image(_plain_depthwise)(op, xs, ctx)
-    win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
-    xp, base = win.frame(x, 0.0)
-    acc = np.zeros((x.shape[0], *win.out, c, m), x.dtype)
-    for i, j, r, cc in win.taps(base):
-        acc += xp[:, r, cc, :, None] * w[i, j]
-    return _plain_bias(acc.reshape(x.shape[0], *win.out, c * m), op, ctx)
+@_image
+def _plain_pool2d(op, xs, ctx):
+    """Max pooling tap by tap from a copy of the first tap (the average is unchanged)."""
+    if op.mode != "max":
+        return OPS[_ops.Pool2D](op, xs, ctx)
+    win = window(xs[0], op.size, op.strides, (1, 1), op.pad)
+    xp, base = win.frame(xs[0], -np.inf)
+    out = None
+    for _, _, r, c in win.taps(base):
+        out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)
+    return out
 
 
-_PLAIN_OPS = {**OPS, _ops.Conv2D: _plain_conv2d, _ops.Conv2DTranspose: _plain_conv2d_transpose,
-              _ops.DepthwiseConv2D: _plain_depthwise,
-              _ops.Dense: lambda op, xs, ctx: _plain_bias(xs[0] @ ctx.array(op.kernel), op, ctx)}
+_PLAIN_OPS = {**OPS, _ops.Conv2D: _plain_conv2d, _ops.Pool2D: _plain_pool2d,
+              **{cls: _bias_after(OPS[cls]) for cls in (_ops.Conv2DTranspose, _ops.DepthwiseConv2D, _ops.Dense)}}
 
 
 def plain_run(source, xs, dtype, padding="pad"):
-    """Every node's output: a fresh decode, fresh casts, im2col by ``np.stack``, ``y + b`` and
-    the activation as a new array."""
+    """Every node's output: a fresh decode, fresh casts, im2col by ``np.stack``, ``y + b``, pools
+    tap by tap from a copy, and the activation as a new array."""
     graph = source.graph(windows=padding) if isinstance(source, Export) else source
     ctx = _PlainContext(dtype)
     tensors = {name: np.ascontiguousarray(x, dtype=ctx.dtype) for name, x in zip(graph.inputs, xs)}
@@ -820,7 +800,8 @@ def test_ops_zoo_bit_identical_to_the_plain_executor(ops_zoo, dtype):
 
 def _conv_graph(rng):
     """Hand-made convolutions the exporter rarely writes: groups, dilation, strides, uneven and
-    negative pads, 1x1 with and without stride, 1-D, a dense on a 4-D tensor."""
+    negative pads, 1x1 with and without stride, a dense on a 4-D tensor; pools with and without
+    padding; 1-D (a Conv1D's (1, k, in, out) kernel)."""
     def w(*shape):
         return rng.normal(0, 1, shape).astype(np.float32)
 
@@ -840,8 +821,15 @@ def _conv_graph(rng):
              ("cropped", conv(w(2, 2, 6, 3), pad=(-1, 0, 0, -1)), ["x"]),
              ("dw", _ops.DepthwiseConv2D(kernel=w(3, 3, 4, 2), bias=w(8), strides=(2, 2), dilation=(1, 1),
                                          padding="same", pad=(0, 1, 0, 1)), ["c1"]),
-             ("dense", _ops.Dense(kernel=w(4, 7), bias=w(7)), ["c1"])]
-    graph = Graph(inputs={"x": (9, 10, 6)}, nodes={}, outputs=[n for n, _, _ in nodes],
+             ("dense", _ops.Dense(kernel=w(4, 7), bias=w(7)), ["c1"]),
+             ("max1", _ops.Pool2D(mode="max", size=(1, 1), strides=(2, 2), padding="valid", pad=(0, 0, 0, 0)), ["x"]),
+             ("max2", _ops.Pool2D(mode="max", size=(2, 3), strides=(1, 2), padding="valid", pad=(0, 0, 0, 0)), ["c3"]),
+             ("max3", _ops.Pool2D(mode="max", size=(3, 3), strides=(2, 2), padding="same", pad=(1, 1, 0, 1)), ["x"]),
+             ("avg", _ops.Pool2D(mode="avg", size=(2, 2), strides=(2, 2), padding="same", pad=(0, 1, 0, 0)), ["x"]),
+             ("conv1d", conv(w(1, 3, 5, 4), pad=(0, 0, 1, 1), act=leaky), ["s"]),
+             ("pool1d", _ops.Pool2D(mode="max", size=(1, 2), strides=(1, 2), padding="valid", pad=(0, 0, 0, 0)),
+              ["conv1d"])]
+    graph = Graph(inputs={"x": (9, 10, 6), "s": (12, 5)}, nodes={}, outputs=[n for n, _, _ in nodes],
                   source=SourceInfo("m", "0" * 64, "3", "keras"))
     for name, op, inputs in nodes:
         graph.nodes[name] = Node(name=name, op=op, inputs=inputs, shape=None)
@@ -852,8 +840,8 @@ def _conv_graph(rng):
 def test_hand_made_convolutions_bit_identical_to_the_plain_executor(dtype):
     rng = np.random.default_rng(5)
     graph = _conv_graph(rng)
-    x = rng.normal(0, 1, (2, 9, 10, 6)).astype(np.float32)
-    assert_bit_identical(run(graph, [x], dtype=dtype, keep=True), plain_run(graph, [x], dtype))
+    xs = [rng.normal(0, 1, (2, 9, 10, 6)).astype(np.float32), rng.normal(0, 1, (2, 12, 5)).astype(np.float32)]
+    assert_bit_identical(run(graph, xs, dtype=dtype, keep=True), plain_run(graph, xs, dtype))
 
 
 def _specials(dtype):

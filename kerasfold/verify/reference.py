@@ -196,21 +196,24 @@ class Window:
     first: tuple[int, int]       # source index of the first tap of output (0, 0); may be < 0
     out: tuple[int, int]         # output height, width
 
+    def margins(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(before, after) per axis: how far the taps reach outside an input of ``size`` (H, W)."""
+        widths = []
+        for axis in (0, 1):
+            first = self.first[axis]
+            last = first + (self.out[axis] - 1) * self.strides[axis] + \
+                effective_kernel(self.kernel[axis], self.dilation[axis]) - 1
+            widths.append((max(0, -first), max(0, last - (size[axis] - 1))))
+        return widths
+
     def frame(self, x: np.ndarray, fill: float) -> tuple[np.ndarray, tuple[int, int]]:
         """``x`` (N, H, W, C) extended with ``fill`` just enough for every tap; and where the
         first tap of output (0, 0) sits in the extended array."""
-        widths, base = [(0, 0)], []
-        for axis in (0, 1):
-            size, first = x.shape[1 + axis], self.first[axis]
-            last = first + (self.out[axis] - 1) * self.strides[axis] + \
-                effective_kernel(self.kernel[axis], self.dilation[axis]) - 1
-            lo, hi = max(0, -first), max(0, last - (size - 1))
-            widths.append((lo, hi))
-            base.append(first + lo)
-        widths.append((0, 0))
+        widths = self.margins(x.shape[1:3])
+        base = (self.first[0] + widths[0][0], self.first[1] + widths[1][0])
         if any(w != (0, 0) for w in widths):
-            x = np.pad(x, widths, constant_values=fill)
-        return x, (base[0], base[1])
+            x = np.pad(x, [(0, 0), *widths, (0, 0)], constant_values=fill)
+        return x, base
 
     def taps(self, base: tuple[int, int]) -> Iterator[tuple[int, int, slice, slice]]:
         """(i, j, rows, cols): the source slices tap (i, j) reads for every output pixel."""
@@ -306,9 +309,21 @@ def _channels(x: np.ndarray, expected: int) -> None:
 
 
 def _with_bias(y: np.ndarray, op: Any, ctx: Context) -> np.ndarray:
-    """``y + bias``, written into ``y`` (a fresh result of the operation, never an input)."""
+    """``y + bias``, written into ``y`` (a fresh result of the operation, never an input). On a
+    C-contiguous ``y`` with few channels, rows are joined and the bias tiled to match: the same
+    additions, in fewer and longer inner loops."""
     b = ctx.array(op.bias)
-    return y if b is None else np.add(y, b, out=y)
+    if b is None:
+        return y
+    if b.ndim != 1 or y.shape[-1] != b.size:
+        return y + b                      # as written; the shape check reports the mismatch
+    rows, reps = y.size // max(b.size, 1), 1
+    while y.flags.c_contiguous and b.size * reps < 1024 and rows % (2 * reps) == 0:
+        reps *= 2
+    if reps > 1:
+        np.add(y.reshape(-1, b.size * reps), np.tile(b, reps), out=y.reshape(-1, b.size * reps))
+        return y
+    return np.add(y, b, out=y)
 
 
 @_image
@@ -318,21 +333,27 @@ def _conv2d(op: ops.Conv2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     kh, kw, cg, cout = w.shape
     _channels(x, cg * op.groups)
     win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
-    n, (oh, ow) = x.shape[0], win.out
-    rows, taps, g = n * oh * ow, kh * kw, op.groups
+    n, (oh, ow), taps, g = x.shape[0], win.out, kh * kw, op.groups
     if taps == 1 and win.strides == (1, 1) and win.first == (0, 0) and win.out == x.shape[1:3]:
         cols = np.ascontiguousarray(x)                  # 1x1, stride 1, no pad: its own im2col
     else:
         xp, base = win.frame(x, 0.0)
         cols = ctx.buffer((n, oh, ow, taps, cg * g))    # (N, oh, ow, T, C)
         np.copyto(cols.reshape(n, oh, ow, kh, kw, cg * g), win.patches(xp, base))
+    return _with_bias(im2col_matmul(cols, w, g).reshape(n, oh, ow, cout), op, ctx)
+
+
+def im2col_matmul(cols: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
+    """(rows, cout): ``cols`` (..., T, C) times the kernel (kh, kw, C/groups, cout), one matmul
+    per group (tap-major rows of the kernel, as the taps of ``cols``)."""
+    kh, kw, cg, cout = w.shape
+    taps, g = kh * kw, groups
+    rows = cols.size // (taps * cg * g)
     if g == 1:
-        y = cols.reshape(rows, taps * cg) @ w.reshape(taps * cg, cout)
-    else:
-        cols = cols.reshape(rows, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, taps * cg)
-        wg = w.reshape(taps, cg, g, cout // g).transpose(2, 0, 1, 3).reshape(g, taps * cg, cout // g)
-        y = np.matmul(cols, wg).transpose(1, 0, 2).reshape(rows, cout)
-    return _with_bias(y.reshape(n, oh, ow, cout), op, ctx)
+        return cols.reshape(rows, taps * cg) @ w.reshape(taps * cg, cout)
+    cols = cols.reshape(rows, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, taps * cg)
+    wg = w.reshape(taps, cg, g, cout // g).transpose(2, 0, 1, 3).reshape(g, taps * cg, cout // g)
+    return np.matmul(cols, wg).transpose(1, 0, 2).reshape(rows, cout)
 
 
 def _conv2d_transpose(op: ops.Conv2DTranspose, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
@@ -381,15 +402,19 @@ def _pool2d(op: ops.Pool2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     Average: the sum over each window / the number of real pixels in it."""
     x = xs[0]
     win = window(x, op.size, op.strides, (1, 1), op.pad)
-    counts = win.real_counts(x.shape[1:3], x.dtype)
-    if np.any(counts == 0):
+    inside = all(w == (0, 0) for w in win.margins(x.shape[1:3]))    # every window: real pixels only
+    counts = None if inside and op.mode == "max" else win.real_counts(x.shape[1:3], x.dtype)
+    if counts is not None and np.any(counts == 0):
         raise ExportError("expected every pooling window to cover at least one input pixel, received "
                           "windows entirely outside the input (wrong pad or offset)")
     xp, base = win.frame(x, -np.inf if op.mode == "max" else 0.0)
     if op.mode == "max":
-        out = None
-        for _, _, r, c in win.taps(base):
-            out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)
+        taps = [xp[:, r, c, :] for _, _, r, c in win.taps(base)]
+        if len(taps) == 1:
+            return taps[0].copy()
+        out = np.maximum(taps[0], taps[1])
+        for tap in taps[2:]:
+            np.maximum(out, tap, out=out)
         return out
     out = np.zeros((x.shape[0], *win.out, x.shape[-1]), x.dtype)
     for _, _, r, c in win.taps(base):

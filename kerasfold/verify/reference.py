@@ -284,7 +284,7 @@ class Context:
     def array(self, a: np.ndarray | None) -> np.ndarray | None:
         """A weight as written (float32), computed in the run's precision; cast once per array.
         A contiguous array already in that precision is used as it is (a copy would have the
-        same layout); operations never write into a weight."""
+        same layout); operations never write into a weight, nor return one."""
         if a is None:
             return None
         kept = self.casts.get(id(a))

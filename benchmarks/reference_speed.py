@@ -23,17 +23,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 
-def median_seconds(rows: dict, runs: int, rounds: int) -> dict[str, float]:
-    """Each row's median wall time over ``rounds`` rounds of one untimed and ``runs`` timed calls."""
-    times: dict[str, list[float]] = {name: [] for name in rows}
+def timings(rows: dict, runs: int, rounds: int) -> dict[str, list[list[float]]]:
+    """Each row's wall times, per round: ``rounds`` rounds of one untimed and ``runs`` timed calls."""
+    times: dict[str, list[list[float]]] = {name: [] for name in rows}
     for _ in range(rounds):
         for name, fn in rows.items():
             fn()
+            times[name].append([])
             for _ in range(runs):
                 start = time.perf_counter()
                 fn()
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(t) for name, t in times.items()}
+                times[name][-1].append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -60,10 +61,11 @@ def main() -> None:
             "Keras model(x), float32 (TensorFlow CPU)": lambda: model(x, training=False),
             "Keras predict_on_batch, float32 (TF CPU)": lambda: model.predict_on_batch(x),
         }
-        print(f"tiny-yolo-voc 416x416, batch 1, median of {args.rounds} rounds x {args.runs} runs, "
-              f"{os.cpu_count()} CPUs")
-        for name, seconds in median_seconds(rows, args.runs, args.rounds).items():
-            print(f"{name:42} {seconds:7.3f} s")
+        print(f"tiny-yolo-voc 416x416, batch 1, {os.cpu_count()} CPUs: median seconds of all "
+              f"{args.rounds} x {args.runs} runs, then of each round's {args.runs}")
+        for name, per_round in timings(rows, args.runs, args.rounds).items():
+            every = statistics.median(t for r in per_round for t in r)
+            print(f"{name:42} {every:7.3f}   " + " ".join(f"{statistics.median(r):6.3f}" for r in per_round))
 
 
 if __name__ == "__main__":

@@ -812,13 +812,16 @@ def _conv_graph(rng):
         return op
 
     leaky = {"type": "leaky_relu", "alpha": 0.3}
-    nodes = [("c3", conv(w(3, 3, 6, 8), pad=(1, 1, 1, 1), act=leaky), ["x"]),
+    nodes = [("crop", _ops.Crop(crop=(1, 0, 2, 1)), ["x"]),            # a view: im2col from strides
+             ("c3", conv(w(3, 3, 6, 8), pad=(1, 1, 1, 1), act=leaky), ["x"]),
              ("c1", conv(w(1, 1, 8, 4), act={"type": "relu"}), ["c3"]),
              ("c1s2", conv(w(1, 1, 4, 6), strides=(2, 2)), ["c1"]),
              ("c1pad", conv(w(1, 1, 4, 5), pad=(1, 0, 0, 1), bias=False), ["c1"]),
              ("grouped", conv(w(3, 2, 2, 6), groups=3, strides=(2, 1), pad=(0, 2, 1, 0)), ["x"]),
              ("dilated", conv(w(3, 3, 6, 4), dilation=(2, 3), pad=(2, 2, 3, 3), act=leaky), ["x"]),
              ("cropped", conv(w(2, 2, 6, 3), pad=(-1, 0, 0, -1)), ["x"]),
+             ("dilated_rows", conv(w(3, 2, 6, 3), dilation=(2, 1), strides=(1, 2), pad=(2, 2, 0, 1)), ["x"]),
+             ("after_crop", conv(w(2, 2, 6, 3)), ["crop"]),
              ("dw", _ops.DepthwiseConv2D(kernel=w(3, 3, 4, 2), bias=w(8), strides=(2, 2), dilation=(1, 1),
                                          padding="same", pad=(0, 1, 0, 1)), ["c1"]),
              ("dense", _ops.Dense(kernel=w(4, 7), bias=w(7)), ["c1"]),

@@ -224,14 +224,24 @@ class Window:
                 c = base[1] + j * dw
                 yield i, j, slice(r, r + (oh - 1) * sh + 1, sh), slice(c, c + (ow - 1) * sw + 1, sw)
 
-    def patches(self, xp: np.ndarray, base: tuple[int, int]) -> np.ndarray:
-        """A view (N, oh, ow, kh, kw, C) of the framed ``xp``: [:, y, x, i, j] is what tap (i, j)
-        reads for output pixel (y, x) (as :meth:`taps`, all taps at once)."""
+    def im2col(self, xp: np.ndarray, base: tuple[int, int], out: np.ndarray) -> None:
+        """Fill ``out`` (N, oh, ow, kh, kw, C) from the framed ``xp``: [:, y, x, i, j] is what tap
+        (i, j) reads for output pixel (y, x) (as :meth:`taps`, all taps in one copy). Without
+        dilation across, the kw taps of a kernel row are kw*C consecutive values of ``xp``,
+        copied as one opaque record (bytes as they are) rather than as kw*C floats."""
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.strides, self.dilation, self.out
+        n, c = xp.shape[0], xp.shape[-1]
+        if dw == 1 and xp.flags.c_contiguous and out.flags.c_contiguous:
+            record = np.dtype((np.void, kw * c * xp.itemsize))
+            s = xp.strides
+            rows = np.ndarray((n, oh, ow, kh), record, buffer=xp, offset=base[0] * s[1] + base[1] * s[2],
+                              strides=(s[0], sh * s[1], sw * s[2], dh * s[1]))
+            np.copyto(out.reshape(n, oh, ow, kh, kw * c).view(record)[..., 0], rows)
+            return
         spans = (effective_kernel(kh, dh), effective_kernel(kw, dw))
         v = sliding_window_view(xp, spans, axis=(1, 2))           # (N, H', W', C, span_h, span_w)
         v = v[:, base[0]::sh, base[1]::sw][:, :oh, :ow, :, ::dh, ::dw]
-        return v.transpose(0, 1, 2, 4, 5, 3)
+        np.copyto(out, v.transpose(0, 1, 2, 4, 5, 3))
 
     def real_counts(self, size: tuple[int, int], dtype: Any) -> np.ndarray:
         """(1, oh, ow, 1): how many real (not padded) pixels each window covers."""
@@ -339,7 +349,7 @@ def _conv2d(op: ops.Conv2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     else:
         xp, base = win.frame(x, 0.0)
         cols = ctx.buffer((n, oh, ow, taps, cg * g))    # (N, oh, ow, T, C)
-        np.copyto(cols.reshape(n, oh, ow, kh, kw, cg * g), win.patches(xp, base))
+        win.im2col(xp, base, cols.reshape(n, oh, ow, kh, kw, cg * g))
     return _with_bias(im2col_matmul(cols, w, g).reshape(n, oh, ow, cout), op, ctx)
 
 

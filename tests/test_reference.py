@@ -845,6 +845,8 @@ def test_hand_made_convolutions_bit_identical_to_the_plain_executor(dtype):
     graph = _conv_graph(rng)
     xs = [rng.normal(0, 1, (2, 9, 10, 6)).astype(np.float32), rng.normal(0, 1, (2, 12, 5)).astype(np.float32)]
     assert_bit_identical(run(graph, xs, dtype=dtype, keep=True), plain_run(graph, xs, dtype))
+    empty = [x[:0] for x in xs]                                            # a batch of none
+    assert_bit_identical(run(graph, empty, dtype=dtype, keep=True), plain_run(graph, empty, dtype))
 
 
 def _specials(dtype):

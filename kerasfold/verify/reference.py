@@ -231,6 +231,8 @@ class Window:
         copied as one opaque record (bytes as they are) rather than as kw*C floats."""
         (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.strides, self.dilation, self.out
         n, c = xp.shape[0], xp.shape[-1]
+        if out.size == 0:
+            return
         if dw == 1 and xp.flags.c_contiguous and out.flags.c_contiguous:
             record = np.dtype((np.void, kw * c * xp.itemsize))
             s = xp.strides
@@ -328,7 +330,7 @@ def _with_bias(y: np.ndarray, op: Any, ctx: Context) -> np.ndarray:
     if b.ndim != 1 or y.shape[-1] != b.size:
         return y + b                      # as written; the shape check reports the mismatch
     rows, reps = y.size // max(b.size, 1), 1
-    while y.flags.c_contiguous and b.size * reps < 1024 and rows % (2 * reps) == 0:
+    while y.flags.c_contiguous and rows > 0 and b.size * reps < 1024 and rows % (2 * reps) == 0:
         reps *= 2
     if reps > 1:
         np.add(y.reshape(-1, b.size * reps), np.tile(b, reps), out=y.reshape(-1, b.size * reps))

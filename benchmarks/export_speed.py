@@ -1,14 +1,24 @@
-"""Export speed and memory: kerasfold against a Keras-based script writing the same files.
+"""Export speed and memory, each figure beside its yardstick, measured in the same run.
 
-    python benchmarks/export_speed.py [--runs N]        (``make bench``)
+    python benchmarks/export_speed.py [--runs N] [--models tiny yolov2]      (``make bench``)
 
-Both run as fresh processes on the same tiny-yolo-voc file (Keras 2 flavour), one after the
-other, N times; the table gives the median wall time and the peak resident memory. It also
-checks that both wrote byte-identical weight files.
+For each model (Keras 2 ``.h5``), as fresh processes, alternated run by run (paired runs):
+
+- **floor**: start Python, import numpy and h5py, read the model file, write as many bytes with
+  fsync: no export can be faster;
+- **kerasfold**: ``python -m kerasfold.yolo2metal MODEL OUT -q`` (replacing a previous OUT);
+- **Keras script** (tiny-yolo-voc only): ``benchmarks/keras_baseline.py``, what a hand-written
+  Keras-load script does; its files are checked byte-identical to kerasfold's.
+
+It prints medians and peak RSS, kerasfold / floor, Keras script / kerasfold, and, for memory,
+kerasfold's peak RSS against the interpreter with numpy and h5py imported plus 3x the largest layer.
+Issue 11's goals: tiny-yolo-voc <= 1.5x the floor and >= 8x faster than the Keras script; YOLOv2
+<= 2x the floor; YOLOv2 peak RSS <= interpreter + 3x largest layer.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -18,6 +28,14 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+FLOOR = """
+import os, sys, numpy, h5py
+data = open(sys.argv[1], "rb").read()
+with open(sys.argv[2], "wb") as f:
+    f.write(data)
+    f.flush()
+    os.fsync(f.fileno())
+"""
 
 
 def timed(cmd: list[str]) -> tuple[float, float]:
@@ -33,31 +51,57 @@ def timed(cmd: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss * scale / 1e6
 
 
+def build(name: str, folder: Path) -> Path:
+    module = {"tiny": "models.tiny_yolo_voc", "yolov2": "models.yolov2"}[name]
+    subprocess.run([sys.executable, "-m", module, str(folder), "--flavour", "keras2-h5"], check=True, cwd=ROOT,
+                   stdout=subprocess.DEVNULL, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    return next(folder.glob("*.h5"))
+
+
+def largest_layer_mb(out: Path) -> float:
+    manifest = json.loads((out / "manifest.json").read_text())
+    return max((out / e["weights"]["file"]).stat().st_size for e in manifest["layers"] if "weights" in e) / 1e6
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--runs", type=int, default=5)
+    p.add_argument("--models", nargs="+", default=["tiny", "yolov2"], choices=["tiny", "yolov2"])
     args = p.parse_args()
+    print(f"{args.runs} paired runs, {os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        subprocess.run([sys.executable, "-m", "models.tiny_yolo_voc", str(tmp), "--flavour", "keras2-h5"],
-                       check=True, cwd=ROOT, stdout=subprocess.DEVNULL,
-                       env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
-        model = tmp / "tiny-yolo-voc.h5"
-        tools = {
-            "kerasfold (python -m kerasfold.yolo2metal)":
-                [sys.executable, "-m", "kerasfold.yolo2metal", str(model), str(tmp / "kf"), "-q"],
-            "Keras script (benchmarks/keras_baseline.py)":
-                [sys.executable, str(ROOT / "benchmarks" / "keras_baseline.py"), str(model), str(tmp / "keras")],
-        }
-        print(f"tiny-yolo-voc, {model.stat().st_size / 1e6:.1f} MB .h5, {args.runs} runs each, "
-              f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}")
-        print(f"{'tool':46} {'median s':>9} {'min s':>7} {'peak RSS MB':>12}")
-        for name, cmd in tools.items():
-            runs = [timed(cmd) for _ in range(args.runs)]
-            walls = [w for w, _ in runs]
-            print(f"{name:46} {statistics.median(walls):9.2f} {min(walls):7.2f} {max(m for _, m in runs):12.0f}")
-        same = all((tmp / "kf" / f.name).read_bytes() == f.read_bytes() for f in (tmp / "keras").glob("*.bin"))
-        print(f"weight files identical: {same} ({len(list((tmp / 'keras').glob('*.bin')))} files compared)")
+        base = [timed([sys.executable, "-c", "import numpy, h5py"])[1] for _ in range(3)]
+        interpreter = statistics.median(base)
+        for name in args.models:
+            folder = tmp / name
+            folder.mkdir()
+            model = build(name, folder)
+            tools = {
+                "floor (read + write + fsync)": [sys.executable, "-c", FLOOR, str(model), str(folder / "floor.bin")],
+                "kerasfold": [sys.executable, "-m", "kerasfold.yolo2metal", str(model), str(folder / "kf"), "-q"],
+            }
+            if name == "tiny":
+                tools["Keras script"] = [sys.executable, str(ROOT / "benchmarks" / "keras_baseline.py"), str(model),
+                                         str(folder / "keras")]
+            runs: dict[str, list[tuple[float, float]]] = {t: [] for t in tools}
+            for _ in range(args.runs):
+                for tool, cmd in tools.items():
+                    runs[tool].append(timed(cmd))
+            wall = {t: statistics.median(w for w, _ in r) for t, r in runs.items()}
+            rss = {t: max(m for _, m in r) for t, r in runs.items()}
+            print(f"\n{name}: {model.stat().st_size / 1e6:.1f} MB .h5")
+            print(f"  {'':30} {'median s':>9} {'min s':>7} {'peak RSS MB':>12}")
+            for tool, r in runs.items():
+                print(f"  {tool:30} {wall[tool]:9.3f} {min(w for w, _ in r):7.3f} {rss[tool]:12.0f}")
+            print(f"  kerasfold / floor: {wall['kerasfold'] / wall['floor (read + write + fsync)']:.2f}x")
+            if "Keras script" in wall:
+                print(f"  Keras script / kerasfold: {wall['Keras script'] / wall['kerasfold']:.2f}x")
+                same = all((folder / "kf" / f.name).read_bytes() == f.read_bytes() for f in (folder / "keras").glob("*.bin"))
+                print(f"  weight files identical to the Keras script's: {same}")
+            layer = largest_layer_mb(folder / "kf")
+            print(f"  memory: kerasfold {rss['kerasfold']:.0f} MB; interpreter with numpy and h5py {interpreter:.0f} MB "
+                  f"+ 3 x largest layer ({layer:.1f} MB) = {interpreter + 3 * layer:.0f} MB")
 
 
 if __name__ == "__main__":

@@ -7,3 +7,4 @@ are imported inside the functions that need them (``kerasfold.verify``).
 __version__ = "0.1.0"
 FORMAT_NAME = "kerasfold.metal"
 FORMAT_VERSION = 1
+DTYPES = ("float32", "float16")         # export weight types (biases are always float32)

@@ -6,10 +6,11 @@ and then ends the process by SIGTERM (143 in a shell; see ``kerasfold.targets.mp
 """
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 import warnings
-from typing import Callable
+from typing import Any, Callable
 
 from .errors import ExportError, one_line
 
@@ -51,3 +52,29 @@ def run(main: Callable[[], int], prog: str) -> int:
         if w.category.__module__.startswith("kerasfold"):
             print(f"{prog}: warning: {one_line(str(w.message))}", file=sys.stderr)
     return code
+
+
+def report(prog: str, result: Any, *, quiet: bool, verify: Callable[[], Any] | None = None) -> int:
+    """What both commands print after writing: warnings (stderr), the summary line (unless quiet),
+    then the verification's report when asked (printed when it fails even if quiet)."""
+    for line in result.warnings():
+        print(f"{prog}: warning: {line}", file=sys.stderr)
+    if not quiet:
+        print(result.summary())
+    if verify is None:
+        return EXIT_OK
+    checked = verify()
+    if not quiet or not checked.passed:
+        print(checked.text())
+    return EXIT_OK if checked.passed else EXIT_PARITY
+
+
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "VECLIB_MAXIMUM_THREADS")
+
+
+def single_threaded_blas() -> None:
+    """A plain export multiplies no matrices: numpy's BLAS need not start its threads (~60 ms at
+    import on 2 cores). Only before numpy is imported, and never over a user's own setting."""
+    if "numpy" not in sys.modules:
+        for name in BLAS_THREADS:
+            os.environ.setdefault(name, "1")

@@ -21,9 +21,9 @@ from .readers import file_sha256, read_model
 from .readers.layers import Model
 from .targets.mps.entries import emit
 from .targets.mps.float16 import HalfStats
-from .targets.mps.writer import write_export
+from .targets.mps.writer import Progress, write_export
 
-DTYPES = ("float32", "float16")
+from . import DTYPES  # noqa: E402  (re-exported: kerasfold.pipeline.DTYPES)
 
 
 @dataclass(frozen=True)
@@ -105,8 +105,10 @@ def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int]
         raise err.at(file=str(model))
 
 
-def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOptions()) -> ExportResult:
-    """Export ``model`` to ``out``; raises :class:`ExportError` on bad input, leaving ``out`` as it was."""
+def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOptions(), *,
+           progress: Progress | None = None) -> ExportResult:
+    """Export ``model`` to ``out``; raises :class:`ExportError` on bad input, leaving ``out`` as it was.
+    ``progress(entries written, entries, bytes written)`` is called as the files are written."""
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
@@ -115,6 +117,7 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
         entries = emit(graph, options.dtype)
     except ExportError as err:
         raise err.at(file=str(model))
-    manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names)
+    manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names,
+                            progress=progress)
     half = [e.half for e in entries if e.half is not None]
     return ExportResult(out=Path(out), manifest=manifest, seconds=time.perf_counter() - start, half=half)

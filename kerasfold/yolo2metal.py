@@ -3,9 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
-from .cli import EXIT_OK, EXIT_PARITY, parse_size, run
-from .pipeline import DTYPES, ExportOptions, export
+from .cli import parse_size, report, run, single_threaded_blas
+from .progress import progress_line
+from . import DTYPES
 
 PROG = "kerasfold"
 
@@ -44,23 +46,26 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
+    if not args.verify:
+        single_threaded_blas()
+
     def job() -> int:
+        from .pipeline import ExportOptions, export          # numpy from here on
         options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names,
                                 input_size=args.input_size, fold=not args.no_fold,
                                 allow_opaque=args.allow_opaque)
-        result = export(args.model, args.out, options)
-        for line in result.warnings():
-            print(f"{PROG}: warning: {line}", file=sys.stderr)
-        if not args.quiet:
-            print(result.summary())
-        if args.verify:
+        line = progress_line(PROG, quiet=args.quiet)
+        try:
+            result = export(args.model, args.out, options, progress=line)
+        finally:
+            if line is not None:
+                line.close()
+
+        def verify() -> Any:
             from .verify import verify_export                # TensorFlow only from here on
-            report = verify_export(args.model, args.out, tolerance=args.tolerance,
-                                   input_size=args.input_size)
-            if not args.quiet or not report.passed:
-                print(report.text())
-            return EXIT_OK if report.passed else EXIT_PARITY
-        return EXIT_OK
+            return verify_export(args.model, args.out, tolerance=args.tolerance, input_size=args.input_size)
+
+        return report(PROG, result, quiet=args.quiet, verify=verify if args.verify else None)
 
     return run(job, PROG)
 

@@ -6,6 +6,7 @@ import pytest
 
 from kerasfold.targets.mps.layouts import (conv2d_hwio, conv2d_ohwi, dense_io, dense_oi, depthwise_hwcm,
                                           depthwise_ohw, transpose_hwoi, transpose_ohwi)
+from kerasfold.targets.mps.strips import contiguous
 
 
 def _distinct(shape):
@@ -16,13 +17,14 @@ def _distinct(shape):
 def test_conv2d_ohwi_positions():
     k = _distinct((2, 3, 4, 5))                                   # (kh, kw, in, out)
     w = conv2d_ohwi(k)
-    assert w.shape == (5, 2, 3, 4) and w.dtype == np.float32 and w.flags.c_contiguous
+    assert w.shape == (5, 2, 3, 4) and w.dtype == np.float32
+    assert np.shares_memory(w, k)                                 # a view: the writer copies it once
     for h, x, i, o in [(0, 0, 0, 0), (1, 2, 3, 4), (1, 0, 2, 3), (0, 1, 3, 1), (1, 1, 0, 2)]:
         assert w[o, h, x, i] == k[h, x, i, o]
     for h, x, i, o in itertools.product(range(2), range(3), range(4), range(5)):
         assert w[o, h, x, i] == k[h, x, i, o]
-    # in the raw bytes, the input channel varies fastest, then kw, kh, out
-    flat = np.frombuffer(w.tobytes(), np.float32)
+    # in the raw bytes (as the writer lays them out), the input channel varies fastest, then kw, kh, out
+    flat = np.frombuffer(contiguous(w, "<f4").tobytes(), np.float32)
     assert flat[((4 * 2 + 1) * 3 + 2) * 4 + 3] == k[1, 2, 3, 4]
 
 
@@ -35,7 +37,7 @@ def test_conv2d_roundtrip():
 def test_depthwise_output_channel_is_c_times_m_plus_m(channels, multiplier):
     k = _distinct((3, 2, channels, multiplier))                    # (kh, kw, C, M)
     w = depthwise_ohw(k)
-    assert w.shape == (channels * multiplier, 3, 2) and w.flags.c_contiguous
+    assert w.shape == (channels * multiplier, 3, 2)
     for c, m in itertools.product(range(channels), range(multiplier)):
         np.testing.assert_array_equal(w[c * multiplier + m], k[:, :, c, m])
     np.testing.assert_array_equal(depthwise_hwcm(w, multiplier), k)

@@ -5,6 +5,7 @@ compile=False)``. Reference side: only the export directory. Errors are relative
 output magnitude; both sides compute in float32, whose accumulated noise on tiny-yolo-voc is
 ~4e-6 each against a float64 run.
 """
+import dataclasses
 import hashlib
 import json
 import os
@@ -21,9 +22,12 @@ import pytest
 from kerasfold import FORMAT_NAME, FORMAT_VERSION
 from kerasfold.kinds.activation import NAMES as _NAMES
 from kerasfold.errors import ExportError, UnsupportedLayer
-from kerasfold.targets.mps.read import load_export
+from kerasfold import ops as _ops
+from kerasfold.graph import Graph, Node, SourceInfo
+from kerasfold.targets.mps.read import Export, load_export
 from kerasfold.targets.mps.offsets import entry_offset, mps_offset, offset_for, window_start
-from kerasfold.verify.reference import ACTIVATIONS, OPS, apply_activation, run
+from kerasfold.verify import reference
+from kerasfold.verify.reference import ACTIVATIONS, OPS, _image, apply_activation, im2col_matmul, run, window
 from kerasfold.kinds.base import axis_pad
 
 REL = 1e-5
@@ -682,3 +686,255 @@ def test_leaky_elu_parameters_match_keras():
                                np.asarray(keras.layers.LeakyReLU(negative_slope=0.1)(x)), rtol=1e-6)
     np.testing.assert_allclose(apply_activation(x, {"type": "elu", "alpha": 0.7}),
                                np.asarray(keras.layers.ELU(alpha=0.7)(x)), rtol=1e-6, atol=1e-7)
+
+
+# --------------------------------------------------------------------------------------------
+# the executor's shortcuts (kept graph, weights cast once, one im2col buffer, 1x1 convolutions
+# without im2col, bias and activation in place) against the straightforward executor they
+# replaced, kept here as the yardstick: same values, bit for bit, for every node
+
+class _PlainContext:
+    """Every weight cast again on every use."""
+
+    def __init__(self, dtype):
+        self.dtype = np.dtype(dtype)
+
+    def array(self, a):
+        return None if a is None else np.asarray(a, np.float32).astype(self.dtype)
+
+
+def _plain_bias(y, op, ctx):
+    b = ctx.array(op.bias)
+    return y if b is None else y + b
+
+
+@_image
+def _plain_conv2d(op, xs, ctx):
+    x, w = xs[0], ctx.array(op.kernel)
+    kh, kw, cg, cout = w.shape
+    win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
+    xp, base = win.frame(x, 0.0)
+    cols = np.stack([xp[:, r, c, :] for _, _, r, c in win.taps(base)], axis=3)  # (N, oh, ow, T, C)
+    return _plain_bias(im2col_matmul(cols, w, op.groups).reshape(x.shape[0], *win.out, cout), op, ctx)
+
+
+def _bias_after(fn):
+    """``fn`` (an operation whose only shortcut is the in-place bias) run without its bias, then
+    ``+ bias`` as a new array."""
+    def plain(op, xs, ctx):
+        return _plain_bias(fn(dataclasses.replace(op, bias=None), xs, ctx), op, ctx)
+    return plain
+
+
+@_image
+def _plain_pool2d(op, xs, ctx):
+    """Max pooling tap by tap from a copy of the first tap (the average is unchanged)."""
+    if op.mode != "max":
+        return OPS[_ops.Pool2D](op, xs, ctx)
+    win = window(xs[0], op.size, op.strides, (1, 1), op.pad)
+    xp, base = win.frame(xs[0], -np.inf)
+    out = None
+    for _, _, r, c in win.taps(base):
+        out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)
+    return out
+
+
+_PLAIN_OPS = {**OPS, _ops.Conv2D: _plain_conv2d, _ops.Pool2D: _plain_pool2d,
+              **{cls: _bias_after(OPS[cls]) for cls in (_ops.Conv2DTranspose, _ops.DepthwiseConv2D, _ops.Dense)}}
+
+
+def plain_run(source, xs, dtype, padding="pad"):
+    """Every node's output: a fresh decode, fresh casts, im2col by ``np.stack``, ``y + b``, pools
+    tap by tap from a copy, and the activation as a new array."""
+    graph = source.graph(windows=padding) if isinstance(source, Export) else source
+    ctx = _PlainContext(dtype)
+    tensors = {name: np.ascontiguousarray(x, dtype=ctx.dtype) for name, x in zip(graph.inputs, xs)}
+    for node in graph:
+        y = _PLAIN_OPS[type(node.op)](node.op, [tensors[n] for n in node.inputs], ctx)
+        tensors[node.name] = apply_activation(np.asarray(y, ctx.dtype), node.op.activation or _ops.linear())
+    return {node.name: tensors[node.name] for node in graph}
+
+
+def assert_bit_identical(got, want):
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and got[name].shape == want[name].shape, name
+        assert np.array_equal(got[name], want[name], equal_nan=True), name
+
+
+@pytest.fixture(scope="session")
+def mixed_sources(small_model, tmp_path_factory):
+    """models.small.mixed: its export, its unfolded graph (BN, activations as nodes) and an input."""
+    from kerasfold.pipeline import export, prepare
+    from models.small import mixed
+    _, path = small_model(mixed)
+    out = tmp_path_factory.mktemp("mixed") / "out"
+    export(path, out)
+    x = np.random.default_rng(3).normal(0, 1, (2, 16, 16, 3)).astype(np.float32)
+    return out, prepare(path, fold=False), x
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("padding", ["pad", "offset"])
+def test_tiny_yolo_bit_identical_to_the_plain_executor(tiny_yolo_export, ty_input, dtype, padding):
+    export = load_export(tiny_yolo_export)
+    want = plain_run(export, [ty_input], dtype, padding)
+    for _ in range(2):                                   # first run, and a run on the kept casts
+        assert_bit_identical(run(export, [ty_input], dtype=dtype, padding=padding, keep=True), want)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_mixed_bit_identical_to_the_plain_executor(mixed_sources, dtype):
+    out, graph, x = mixed_sources
+    export = load_export(out)
+    for source in (export, export, graph):
+        assert_bit_identical(run(source, [x], dtype=dtype, keep=True), plain_run(source, [x], dtype))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_ops_zoo_bit_identical_to_the_plain_executor(ops_zoo, dtype):
+    export = load_export(ops_zoo["out"])
+    assert_bit_identical(run(export, ops_zoo["xs"], dtype=dtype, keep=True),
+                         plain_run(export, ops_zoo["xs"], dtype))
+
+
+def _conv_graph(rng):
+    """Hand-made convolutions the exporter rarely writes: groups, dilation, strides, uneven and
+    negative pads, 1x1 with and without stride, a dense on a 4-D tensor; pools with and without
+    padding; 1-D (a Conv1D's (1, k, in, out) kernel)."""
+    def w(*shape):
+        return rng.normal(0, 1, shape).astype(np.float32)
+
+    def conv(kernel, strides=(1, 1), dilation=(1, 1), groups=1, pad=(0, 0, 0, 0), bias=True, act=None):
+        op = _ops.Conv2D(kernel=kernel, bias=w(kernel.shape[-1]) if bias else None, strides=strides,
+                         dilation=dilation, groups=groups, padding="valid", pad=pad)
+        op.activation = act or _ops.linear()
+        return op
+
+    leaky = {"type": "leaky_relu", "alpha": 0.3}
+    nodes = [("crop", _ops.Crop(crop=(1, 0, 2, 1)), ["x"]),            # a view: im2col from strides
+             ("c3", conv(w(3, 3, 6, 8), pad=(1, 1, 1, 1), act=leaky), ["x"]),
+             ("c1", conv(w(1, 1, 8, 4), act={"type": "relu"}), ["c3"]),
+             ("c1s2", conv(w(1, 1, 4, 6), strides=(2, 2)), ["c1"]),
+             ("c1pad", conv(w(1, 1, 4, 5), pad=(1, 0, 0, 1), bias=False), ["c1"]),
+             ("grouped", conv(w(3, 2, 2, 6), groups=3, strides=(2, 1), pad=(0, 2, 1, 0)), ["x"]),
+             ("dilated", conv(w(3, 3, 6, 4), dilation=(2, 3), pad=(2, 2, 3, 3), act=leaky), ["x"]),
+             ("cropped", conv(w(2, 2, 6, 3), pad=(-1, 0, 0, -1)), ["x"]),
+             ("dilated_rows", conv(w(3, 2, 6, 3), dilation=(2, 1), strides=(1, 2), pad=(2, 2, 0, 1)), ["x"]),
+             ("after_crop", conv(w(2, 2, 6, 3)), ["crop"]),
+             ("dw", _ops.DepthwiseConv2D(kernel=w(3, 3, 4, 2), bias=w(8), strides=(2, 2), dilation=(1, 1),
+                                         padding="same", pad=(0, 1, 0, 1)), ["c1"]),
+             ("dense", _ops.Dense(kernel=w(4, 7), bias=w(7)), ["c1"]),
+             ("max1", _ops.Pool2D(mode="max", size=(1, 1), strides=(2, 2), padding="valid", pad=(0, 0, 0, 0)), ["x"]),
+             ("max2", _ops.Pool2D(mode="max", size=(2, 3), strides=(1, 2), padding="valid", pad=(0, 0, 0, 0)), ["c3"]),
+             ("max3", _ops.Pool2D(mode="max", size=(3, 3), strides=(2, 2), padding="same", pad=(1, 1, 0, 1)), ["x"]),
+             ("avg", _ops.Pool2D(mode="avg", size=(2, 2), strides=(2, 2), padding="same", pad=(0, 1, 0, 0)), ["x"]),
+             ("conv1d", conv(w(1, 3, 5, 4), pad=(0, 0, 1, 1), act=leaky), ["s"]),
+             ("pool1d", _ops.Pool2D(mode="max", size=(1, 2), strides=(1, 2), padding="valid", pad=(0, 0, 0, 0)),
+              ["conv1d"])]
+    graph = Graph(inputs={"x": (9, 10, 6), "s": (12, 5)}, nodes={}, outputs=[n for n, _, _ in nodes],
+                  source=SourceInfo("m", "0" * 64, "3", "keras"))
+    for name, op, inputs in nodes:
+        graph.nodes[name] = Node(name=name, op=op, inputs=inputs, shape=None)
+    return graph
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_hand_made_convolutions_bit_identical_to_the_plain_executor(dtype):
+    rng = np.random.default_rng(5)
+    graph = _conv_graph(rng)
+    xs = [rng.normal(0, 1, (2, 9, 10, 6)).astype(np.float32), rng.normal(0, 1, (2, 12, 5)).astype(np.float32)]
+    assert_bit_identical(run(graph, xs, dtype=dtype, keep=True), plain_run(graph, xs, dtype))
+    empty = [x[:0] for x in xs]                                            # a batch of none
+    assert_bit_identical(run(graph, empty, dtype=dtype, keep=True), plain_run(graph, empty, dtype))
+
+
+def _specials(dtype):
+    """Signed zeros, infinities, subnormals, quiet and signalling NaNs of both signs, a spread."""
+    dtype = np.dtype(dtype)
+    uint = np.dtype(f"u{dtype.itemsize}")
+    info = np.finfo(dtype)
+    x = np.concatenate([_grid().ravel().astype(dtype), np.array(
+        [0.0, -0.0, np.inf, -np.inf, info.tiny, -info.tiny, info.smallest_subnormal,
+         -info.smallest_subnormal, info.tiny / 3, -info.tiny / 3, info.max, -info.max], dtype)])
+    bits, mant = 8 * dtype.itemsize, info.nmant
+    exponent = ((1 << (bits - 1)) - 1) & ~((1 << mant) - 1)
+    sign, quiet = 1 << (bits - 1), 1 << (mant - 1)
+    nans = np.array([exponent | quiet, exponent | quiet | 5, exponent | 3, sign | exponent | 1,
+                     sign | exponent | quiet | 7], uint).view(dtype)
+    return np.tile(np.concatenate([x, nans]), 3).reshape(1, 1, -1, 1)       # long enough for SIMD
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("spec", [
+    {"type": "leaky_relu", "alpha": 0.1}, {"type": "leaky_relu"}, {"type": "leaky_relu", "alpha": 0.999},
+    {"type": "leaky_relu", "alpha": 1e-30}, {"type": "leaky_relu", "alpha": 0.0},
+    {"type": "leaky_relu", "alpha": 1.5}, {"type": "relu"},
+    {"type": "relu", "alpha": 0.0, "max_value": None, "threshold": 0.0},
+    {"type": "relu", "max_value": 0.0}, {"type": "relu", "negative_slope": 0.1},
+    {"type": "relu", "threshold": 0.5}, {"type": "linear"}])
+def test_in_place_activation_bit_identical(spec, dtype):
+    x = _specials(dtype)
+    uint = f"u{x.dtype.itemsize}"
+    with np.errstate(all="ignore"):
+        want = apply_activation(x, spec)
+        got = apply_activation(x.copy(), spec, in_place=True)
+    assert got.dtype == want.dtype
+    np.testing.assert_array_equal(got.view(uint), want.view(uint))
+
+
+def test_in_place_activation_leaves_shared_outputs_alone():
+    """An op whose output is a view of its input (Activation, Reshape) must not have the
+    activation written into the input it shares."""
+    x = np.linspace(-2, 2, 24, dtype=np.float32).reshape(1, 2, 3, 4)
+    graph = Graph(inputs={"x": (2, 3, 4)}, nodes={}, outputs=["act", "flat"],
+                  source=SourceInfo("m", "0" * 64, "3", "keras"))
+    graph.nodes["id"] = Node(name="id", op=_ops.Activation(), inputs=["x"], shape=None)
+    graph.nodes["act"] = Node(name="act", op=_ops.Activation(activation={"type": "relu"}), inputs=["id"],
+                              shape=None)
+    graph.nodes["flat"] = Node(name="flat", op=_ops.Flatten(activation={"type": "leaky_relu", "alpha": 0.5}),
+                               inputs=["id"], shape=None)
+    got = run(graph, [x], keep=True)
+    np.testing.assert_array_equal(got["id"], x)
+    np.testing.assert_array_equal(got["act"], np.maximum(x, 0))
+    np.testing.assert_array_equal(got["flat"], np.where(x > 0, x, 0.5 * x).reshape(1, -1))
+
+
+def test_second_run_of_an_export_reuses_the_decoded_graph_and_casts(tiny_yolo_export, ty_input, monkeypatch):
+    from kerasfold.targets.mps import read
+    decodes = []
+    real_decode = read.decode
+    monkeypatch.setattr(read, "decode", lambda *a, **k: decodes.append(a[1:]) or real_decode(*a, **k))
+    export = load_export(tiny_yolo_export)
+    first = run(export, [ty_input], dtype="float64")
+    graph = export.kept_graph()
+    casts = reference._kept_casts(graph, np.dtype("float64"))
+    kept = {key: cast for key, (_, cast) in casts.items()}
+    assert len(kept) == 2 * 9                                # every conv's kernel and bias, once
+    again = run(export, [ty_input], dtype="float64")
+    assert decodes == [("pad",)] and export.kept_graph() is graph
+    assert reference._kept_casts(graph, np.dtype("float64")) is casts
+    assert {key: cast for key, (_, cast) in casts.items()}.keys() == kept.keys()
+    assert all(casts[key][1] is cast for key, cast in kept.items())
+    np.testing.assert_array_equal(again["conv2d_9"], first["conv2d_9"])
+    run(export, [ty_input], padding="offset")
+    assert decodes == [("pad",), ("offset",)]
+
+
+def test_kept_graph_follows_the_manifest(tiny_yolo_export):
+    export = load_export(tiny_yolo_export)
+    graph = export.kept_graph()
+    assert export.kept_graph() is graph and export.graph() is not graph
+    next(e for e in export.layers if e["name"] == "conv2d_1")["activation"] = {"type": "relu"}
+    changed = export.kept_graph()
+    assert changed is not graph and changed.nodes["conv2d_1"].op.activation == {"type": "relu"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_graph_weights_changed_between_runs_are_used(mixed_sources, dtype):
+    """A graph (not an export) may change between runs: its casts are not kept across runs."""
+    out, _, x = mixed_sources
+    graph = load_export(out).graph()
+    before = run(graph, [x], dtype=dtype)
+    graph.nodes["conv_1"].op.kernel *= 2
+    assert not np.array_equal(run(graph, [x], dtype=dtype)["classes"], before["classes"])

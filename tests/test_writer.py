@@ -163,11 +163,11 @@ def test_failure_while_writing_leaves_previous_out(previous, tiny_yolo, tmp_path
     out, before = previous
     real, calls = writer._write_tensor, []
 
-    def failing(path, array, dtype):
+    def failing(path, array, dtype, hasher):
         calls.append(path)
         if len(calls) == 5:
             raise OSError(28, "No space left on device")
-        return real(path, array, dtype)
+        return real(path, array, dtype, hasher)
     monkeypatch.setattr(writer, "_write_tensor", failing)
     with pytest.raises(ExportError, match="No space left"):
         export(tiny_yolo["keras2-h5"], out)

@@ -105,7 +105,7 @@ def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     s, _ = bn.scale_shift()
     shape = [1] * kernel.ndim
     shape[channel_axis] = channels
-    folded = kernel.astype(np.float64) * s.reshape(shape)
+    folded = np.multiply(kernel, s.reshape(shape), dtype=np.float64)      # one pass, no float64 copy first
     b = np.zeros(channels) if bias is None else bias.astype(np.float64)
     mean = bn.mean.astype(np.float64)
     scaled = (b - mean) * s

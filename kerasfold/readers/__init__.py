@@ -10,8 +10,9 @@ import json
 import re
 import zipfile
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import h5py
 import numpy as np
@@ -147,8 +148,12 @@ def _share_weights(nodes: list[Node]) -> None:
             n.weights = first[n.layer].weights
 
 
-def _read_h5(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+Probed = Callable[[], None]
+
+
+def _read_h5(path: Path, probed: Probed) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
     probe(lambda: h5py.File(path, "r"))
+    probed()
     with h5py.File(path, "r") as f:
         if "model_config" not in f.attrs:
             raise ExportError("expected a whole model (attribute 'model_config'), received a "
@@ -175,7 +180,7 @@ def _member(z: zipfile.ZipFile, name: str) -> bytes:
         raise ExportError(f"expected {name} unencrypted, received {err}") from err
 
 
-def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+def _read_keras(path: Path, probed: Probed) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
         for needed in ("config.json", "model.weights.h5"):
@@ -189,6 +194,7 @@ def _read_keras(path: Path) -> tuple[Any, str, str, list[Node], list[str], list[
         weights = _member(z, "model.weights.h5")
     nodes, ins, outs = parse_model_config(config)
     probe(lambda: h5py.File(io.BytesIO(weights), "r"))
+    probed()
     with h5py.File(io.BytesIO(weights), "r") as f:
         _keras_weights(f, nodes, config)
     return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs
@@ -210,18 +216,24 @@ def read_model(path: str | Path) -> Model:
         else:
             raise ExportError("expected an HDF5 (.h5) or zip (.keras) file, received "
                               + (f"a file starting with {head!r}" if head else "an empty file"))
-        try:
-            _config, version, flavour, nodes, ins, outs = reader(path)
-        except (OSError, zipfile.BadZipFile, EOFError) as err:
-            raise ExportError(f"expected a readable model file, received a damaged or truncated "
-                              f"one ({type(err).__name__}: {err})") from err
-        except (RuntimeError, KeyError, ValueError, TypeError, UnicodeError) as err:
-            if not raised_by_h5py(err):
-                raise                                # a bug of ours: exit 3 with the trace
-            raise ExportError(f"expected a readable HDF5 file, received damaged HDF5 structures "
-                              f"({type(err).__name__}: {err})") from err
+        # The source's hash overlaps the read (hashlib releases the GIL). It starts once the
+        # probe's fork is done: a process is never forked while this thread runs.
+        with ThreadPoolExecutor(max_workers=1) as worker:
+            digest: list[Future[str]] = []
+            try:
+                _config, version, flavour, nodes, ins, outs = reader(
+                    path, lambda: digest.append(worker.submit(file_sha256, path)))
+                sha256 = (digest[0] if digest else worker.submit(file_sha256, path)).result()
+            except (OSError, zipfile.BadZipFile, EOFError) as err:
+                raise ExportError(f"expected a readable model file, received a damaged or truncated "
+                                  f"one ({type(err).__name__}: {err})") from err
+            except (RuntimeError, KeyError, ValueError, TypeError, UnicodeError) as err:
+                if not raised_by_h5py(err):
+                    raise                                # a bug of ours: exit 3 with the trace
+                raise ExportError(f"expected a readable HDF5 file, received damaged HDF5 structures "
+                                  f"({type(err).__name__}: {err})") from err
         _check_arrays(nodes)
     except ExportError as err:
         raise err.at(file=str(path))
-    source = SourceInfo(file=path.name, sha256=file_sha256(path), keras_version=version, flavour=flavour)
+    source = SourceInfo(file=path.name, sha256=sha256, keras_version=version, flavour=flavour)
     return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source)

@@ -19,13 +19,22 @@ for convolutions and take no part in pooling, and the output size is the entry's
 
 One small function per entry ``type`` in :data:`OPS`, one per activation in :data:`ACTIVATIONS`;
 sliding windows loop over kernel taps only, never over pixels.
+
+Repeated runs are cheap: an export's graph is decoded once (:meth:`Export.kept_graph`) and its
+weights cast to the run's precision once per dtype (:class:`Context`); convolutions gather their
+taps into one im2col buffer per run (none for a 1x1 stride-1 convolution: the input is its own
+im2col), and a fresh output takes its bias and activation in place. Every shortcut computes the
+same values, bit for bit, as the straightforward formulas (tests/test_reference.py keeps those).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+import weakref
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
 
 from .. import ops
 from ..errors import ExportError, UnsupportedLayer
@@ -134,7 +143,41 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def apply_activation(x: np.ndarray, spec: dict[str, Any], layer: str | None = None) -> np.ndarray:
+def _leaky_relu_in_place(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray | None:
+    """``np.where(x > 0, x, alpha * x)`` written into ``x``, for 0 < alpha < 1: then alpha*x >= x
+    exactly when x <= 0 (equal values carry equal signs: ±0 stay themselves), so the maximum is
+    the same array; a NaN x makes alpha*x the first argument, the NaN numpy returns. None for
+    any other alpha."""
+    alpha = x.dtype.type(spec.get("alpha", 0.2))
+    if not 0 < alpha < 1:
+        return None
+    return np.maximum(alpha * x, x, out=x)
+
+
+def _relu_in_place(x: np.ndarray, spec: dict[str, Any]) -> np.ndarray | None:
+    """Plain relu (``np.maximum(x, 0)``) written into ``x``; None for relu's other forms."""
+    if spec.get("max_value") is not None or any(
+            spec.get(k) not in (None, 0, 0.0) for k in ("alpha", "negative_slope", "threshold")):
+        return None
+    return np.maximum(x, x.dtype.type(0), out=x)
+
+
+IN_PLACE: dict[str, Callable[[np.ndarray, dict[str, Any]], np.ndarray | None]] = {
+    "linear": lambda x, s: x,
+    "relu": _relu_in_place,
+    "leaky_relu": _leaky_relu_in_place,
+}
+"""Activations that can overwrite an array the run owns, with :data:`ACTIVATIONS`' values bit
+for bit; None when the spec needs the general formula."""
+
+
+def apply_activation(x: np.ndarray, spec: dict[str, Any], layer: str | None = None,
+                     in_place: bool = False) -> np.ndarray:
+    """The activation ``spec`` of ``x``; ``in_place`` lets it overwrite ``x`` where it can."""
+    if in_place and spec.get("type") in IN_PLACE:
+        y = IN_PLACE[spec["type"]](x, spec)
+        if y is not None:
+            return y
     fn = ACTIVATIONS.get(spec.get("type"))
     if fn is None:
         raise UnsupportedLayer(f"expected an activation the reference executor supports "
@@ -153,21 +196,24 @@ class Window:
     first: tuple[int, int]       # source index of the first tap of output (0, 0); may be < 0
     out: tuple[int, int]         # output height, width
 
+    def margins(self, size: tuple[int, int]) -> list[tuple[int, int]]:
+        """(before, after) per axis: how far the taps reach outside an input of ``size`` (H, W)."""
+        widths = []
+        for axis in (0, 1):
+            first = self.first[axis]
+            last = first + (self.out[axis] - 1) * self.strides[axis] + \
+                effective_kernel(self.kernel[axis], self.dilation[axis]) - 1
+            widths.append((max(0, -first), max(0, last - (size[axis] - 1))))
+        return widths
+
     def frame(self, x: np.ndarray, fill: float) -> tuple[np.ndarray, tuple[int, int]]:
         """``x`` (N, H, W, C) extended with ``fill`` just enough for every tap; and where the
         first tap of output (0, 0) sits in the extended array."""
-        widths, base = [(0, 0)], []
-        for axis in (0, 1):
-            size, first = x.shape[1 + axis], self.first[axis]
-            last = first + (self.out[axis] - 1) * self.strides[axis] + \
-                effective_kernel(self.kernel[axis], self.dilation[axis]) - 1
-            lo, hi = max(0, -first), max(0, last - (size - 1))
-            widths.append((lo, hi))
-            base.append(first + lo)
-        widths.append((0, 0))
+        widths = self.margins(x.shape[1:3])
+        base = (self.first[0] + widths[0][0], self.first[1] + widths[1][0])
         if any(w != (0, 0) for w in widths):
-            x = np.pad(x, widths, constant_values=fill)
-        return x, (base[0], base[1])
+            x = np.pad(x, [(0, 0), *widths, (0, 0)], constant_values=fill)
+        return x, base
 
     def taps(self, base: tuple[int, int]) -> Iterator[tuple[int, int, slice, slice]]:
         """(i, j, rows, cols): the source slices tap (i, j) reads for every output pixel."""
@@ -177,6 +223,27 @@ class Window:
             for j in range(kw):
                 c = base[1] + j * dw
                 yield i, j, slice(r, r + (oh - 1) * sh + 1, sh), slice(c, c + (ow - 1) * sw + 1, sw)
+
+    def im2col(self, xp: np.ndarray, base: tuple[int, int], out: np.ndarray) -> None:
+        """Fill ``out`` (N, oh, ow, kh, kw, C) from the framed ``xp``: [:, y, x, i, j] is what tap
+        (i, j) reads for output pixel (y, x) (as :meth:`taps`, all taps in one copy). Without
+        dilation across, the kw taps of a kernel row are kw*C consecutive values of ``xp``,
+        copied as one opaque record (bytes as they are) rather than as kw*C floats."""
+        (kh, kw), (sh, sw), (dh, dw), (oh, ow) = self.kernel, self.strides, self.dilation, self.out
+        n, c = xp.shape[0], xp.shape[-1]
+        if out.size == 0:
+            return
+        if dw == 1 and xp.flags.c_contiguous and out.flags.c_contiguous:
+            record = np.dtype((np.void, kw * c * xp.itemsize))
+            s = xp.strides
+            rows = np.ndarray((n, oh, ow, kh), record, buffer=xp, offset=base[0] * s[1] + base[1] * s[2],
+                              strides=(s[0], sh * s[1], sw * s[2], dh * s[1]))
+            np.copyto(out.reshape(n, oh, ow, kh, kw * c).view(record)[..., 0], rows)
+            return
+        spans = (effective_kernel(kh, dh), effective_kernel(kw, dw))
+        v = sliding_window_view(xp, spans, axis=(1, 2))           # (N, H', W', C, span_h, span_w)
+        v = v[:, base[0]::sh, base[1]::sw][:, :oh, :ow, :, ::dh, ::dw]
+        np.copyto(out, v.transpose(0, 1, 2, 4, 5, 3))
 
     def real_counts(self, size: tuple[int, int], dtype: Any) -> np.ndarray:
         """(1, oh, ow, 1): how many real (not padded) pixels each window covers."""
@@ -214,13 +281,38 @@ def _image(fn: Callable[..., np.ndarray]) -> Callable[..., np.ndarray]:
 # ---------------------------------------------------------------------------------------------
 # operations: f(op, inputs, context) -> output (before the op's activation)
 
+Casts = dict[int, tuple[np.ndarray, np.ndarray]]
+
+
 @dataclass
 class Context:
+    """A run's precision and what it reuses: ``casts`` maps id(weight) -> (weight, cast), shared by
+    every run of an export's kept graph (it holds the weight, so the id stays its own); ``scratch``
+    is the run's im2col buffer, grown to the largest convolution."""
     dtype: Any = np.float32
+    casts: Casts = field(default_factory=dict, repr=False)
+    scratch: np.ndarray | None = field(default=None, repr=False)
 
     def array(self, a: np.ndarray | None) -> np.ndarray | None:
-        """A weight as written (float32), computed in the run's precision."""
-        return None if a is None else np.asarray(a, np.float32).astype(self.dtype)
+        """A weight as written (float32), computed in the run's precision; cast once per array.
+        A contiguous array already in that precision is used as it is (a copy would have the
+        same layout); operations never write into a weight, nor return one."""
+        if a is None:
+            return None
+        kept = self.casts.get(id(a))
+        if kept is None or kept[0] is not a:
+            compact = a.flags.c_contiguous or a.flags.f_contiguous
+            cast = np.asarray(a, np.float32).astype(self.dtype, copy=not compact)
+            kept = self.casts[id(a)] = (a, cast)
+        return kept[1]
+
+    def buffer(self, shape: tuple[int, ...]) -> np.ndarray:
+        """An uninitialised C-contiguous array of ``shape`` in the run's precision, a view of the
+        run's one scratch buffer: valid until the next call."""
+        size = math.prod(shape)
+        if self.scratch is None or self.scratch.size < size:
+            self.scratch = np.empty(size, self.dtype)
+        return self.scratch[:size].reshape(shape)
 
 
 def _channels(x: np.ndarray, expected: int) -> None:
@@ -229,8 +321,21 @@ def _channels(x: np.ndarray, expected: int) -> None:
 
 
 def _with_bias(y: np.ndarray, op: Any, ctx: Context) -> np.ndarray:
+    """``y + bias``, written into ``y`` (a fresh result of the operation, never an input). On a
+    C-contiguous ``y`` with few channels, rows are joined and the bias tiled to match: the same
+    additions, in fewer and longer inner loops."""
     b = ctx.array(op.bias)
-    return y if b is None else y + b
+    if b is None:
+        return y
+    if b.ndim != 1 or y.shape[-1] != b.size:
+        return y + b                      # as written; the shape check reports the mismatch
+    rows, reps = y.size // max(b.size, 1), 1
+    while y.flags.c_contiguous and rows > 0 and b.size * reps < 1024 and rows % (2 * reps) == 0:
+        reps *= 2
+    if reps > 1:
+        np.add(y.reshape(-1, b.size * reps), np.tile(b, reps), out=y.reshape(-1, b.size * reps))
+        return y
+    return np.add(y, b, out=y)
 
 
 @_image
@@ -240,17 +345,27 @@ def _conv2d(op: ops.Conv2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     kh, kw, cg, cout = w.shape
     _channels(x, cg * op.groups)
     win = window(x, (kh, kw), op.strides, op.dilation, op.pad)
-    xp, base = win.frame(x, 0.0)
-    n, (oh, ow) = x.shape[0], win.out
-    cols = np.stack([xp[:, r, c, :] for _, _, r, c in win.taps(base)], axis=3)  # (N, oh, ow, T, C)
-    rows, taps, g = n * oh * ow, kh * kw, op.groups
-    if g == 1:
-        y = cols.reshape(rows, taps * cg) @ w.reshape(taps * cg, cout)
+    n, (oh, ow), taps, g = x.shape[0], win.out, kh * kw, op.groups
+    if taps == 1 and win.strides == (1, 1) and win.first == (0, 0) and win.out == x.shape[1:3]:
+        cols = np.ascontiguousarray(x)                  # 1x1, stride 1, no pad: its own im2col
     else:
-        cols = cols.reshape(rows, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, taps * cg)
-        wg = w.reshape(taps, cg, g, cout // g).transpose(2, 0, 1, 3).reshape(g, taps * cg, cout // g)
-        y = np.matmul(cols, wg).transpose(1, 0, 2).reshape(rows, cout)
-    return _with_bias(y.reshape(n, oh, ow, cout), op, ctx)
+        xp, base = win.frame(x, 0.0)
+        cols = ctx.buffer((n, oh, ow, taps, cg * g))    # (N, oh, ow, T, C)
+        win.im2col(xp, base, cols.reshape(n, oh, ow, kh, kw, cg * g))
+    return _with_bias(im2col_matmul(cols, w, g).reshape(n, oh, ow, cout), op, ctx)
+
+
+def im2col_matmul(cols: np.ndarray, w: np.ndarray, groups: int) -> np.ndarray:
+    """(rows, cout): ``cols`` (..., T, C) times the kernel (kh, kw, C/groups, cout), one matmul
+    per group (tap-major rows of the kernel, as the taps of ``cols``)."""
+    kh, kw, cg, cout = w.shape
+    taps, g = kh * kw, groups
+    rows = cols.size // (taps * cg * g)
+    if g == 1:
+        return cols.reshape(rows, taps * cg) @ w.reshape(taps * cg, cout)
+    cols = cols.reshape(rows, taps, g, cg).transpose(2, 0, 1, 3).reshape(g, rows, taps * cg)
+    wg = w.reshape(taps, cg, g, cout // g).transpose(2, 0, 1, 3).reshape(g, taps * cg, cout // g)
+    return np.matmul(cols, wg).transpose(1, 0, 2).reshape(rows, cout)
 
 
 def _conv2d_transpose(op: ops.Conv2DTranspose, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
@@ -299,15 +414,19 @@ def _pool2d(op: ops.Pool2D, xs: list[np.ndarray], ctx: Context) -> np.ndarray:
     Average: the sum over each window / the number of real pixels in it."""
     x = xs[0]
     win = window(x, op.size, op.strides, (1, 1), op.pad)
-    counts = win.real_counts(x.shape[1:3], x.dtype)
-    if np.any(counts == 0):
+    inside = all(w == (0, 0) for w in win.margins(x.shape[1:3]))    # every window: real pixels only
+    counts = None if inside and op.mode == "max" else win.real_counts(x.shape[1:3], x.dtype)
+    if counts is not None and np.any(counts == 0):
         raise ExportError("expected every pooling window to cover at least one input pixel, received "
                           "windows entirely outside the input (wrong pad or offset)")
     xp, base = win.frame(x, -np.inf if op.mode == "max" else 0.0)
     if op.mode == "max":
-        out = None
-        for _, _, r, c in win.taps(base):
-            out = xp[:, r, c, :].copy() if out is None else np.maximum(out, xp[:, r, c, :], out=out)
+        taps = [xp[:, r, c, :] for _, _, r, c in win.taps(base)]
+        if len(taps) == 1:
+            return taps[0].copy()
+        out = np.maximum(taps[0], taps[1])
+        for tap in taps[2:]:
+            np.maximum(out, tap, out=out)
         return out
     out = np.zeros((x.shape[0], *win.out, x.shape[-1]), x.dtype)
     for _, _, r, c in win.taps(base):
@@ -458,6 +577,18 @@ def _inputs(graph: Graph, inputs: Sequence[np.ndarray], dtype: Any) -> dict[str,
     return out
 
 
+_CASTS: dict[int, dict[np.dtype, Casts]] = {}
+
+
+def _kept_casts(graph: Graph, dtype: np.dtype) -> Casts:
+    """The weight casts of an export's kept graph in ``dtype``, for as long as the graph lives."""
+    key = id(graph)
+    if key not in _CASTS:
+        _CASTS[key] = {}
+        weakref.finalize(graph, _CASTS.pop, key, None)
+    return _CASTS[key].setdefault(dtype, {})
+
+
 def supported() -> str:
     return ", ".join(cls.__name__ for cls in OPS)
 
@@ -475,12 +606,13 @@ def run(source: Export | Graph, inputs: Sequence[np.ndarray], *, padding: str = 
         raise ValueError(f"expected dtype float32 or float64, received {dtype!r}")
     where = str(source.root) if isinstance(source, Export) else None
     if isinstance(source, Export):
-        graph = source.graph(windows=padding)
+        graph = source.kept_graph(windows=padding)
+        ctx = Context(np.dtype(dtype), _kept_casts(graph, np.dtype(dtype)))
     elif padding != "pad":
         raise ValueError("expected padding 'pad' for a graph (offsets exist in exports only)")
     else:
         graph = source
-    ctx = Context(np.dtype(dtype))
+        ctx = Context(np.dtype(dtype))          # a graph's arrays may change between runs
     try:
         tensors = _inputs(graph, inputs, ctx.dtype)
     except ExportError as err:
@@ -500,8 +632,9 @@ def run(source: Export | Graph, inputs: Sequence[np.ndarray], *, padding: str = 
             raise ExportError(f"expected input {err.args[0]!r} to be computed before this layer",
                               file=where, layer=node.name) from None
         try:
-            y = fn(node.op, xs, ctx)
-            y = apply_activation(np.asarray(y, ctx.dtype), node.op.activation or ops.linear())
+            y = np.asarray(fn(node.op, xs, ctx), ctx.dtype)
+            owned = y.flags.writeable and not any(np.may_share_memory(y, x) for x in xs)
+            y = apply_activation(y, node.op.activation or ops.linear(), in_place=owned)
             _check_shape(node, y)
         except ExportError as err:
             raise err.at(file=where, layer=node.name)

@@ -4,12 +4,14 @@ and the whole network decoded into typed operations (layouts undone by operation
     export = load_export(out)
     graph = export.graph()                    # ops with Keras-layout weights, pads from the manifest
     graph = export.graph(windows="offset")    # pads derived from each entry's MPS ``offset`` instead
+    graph = export.kept_graph()               # decoded once and kept, read-only (repeated runs)
 
 numpy, and jsonschema for the manifest (schema.py); the verifier and any other reader of an export
 start here.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import math
 from dataclasses import dataclass, field
@@ -34,6 +36,7 @@ class Export:
     manifest: dict[str, Any]
     hash_mismatches: list[str] = field(default_factory=list)
     _tensors: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
+    _graphs: dict[str, tuple[dict[str, Any], Graph]] = field(default_factory=dict, repr=False)
 
     @property
     def layers(self) -> list[dict[str, Any]]:
@@ -67,6 +70,15 @@ class Export:
     def graph(self, windows: str = "pad") -> Graph:
         """The export's network as typed operations (``windows``: see :func:`decode`)."""
         return decode(self, windows)
+
+    def kept_graph(self, windows: str = "pad") -> Graph:
+        """The network decoded once per ``windows`` rule and kept, for readers that run it many
+        times and change nothing in it (the reference executor); decoded again when the manifest
+        changed since. Callers that modify a graph take :meth:`graph`."""
+        kept = self._graphs.get(windows)
+        if kept is None or kept[0] != self.manifest:
+            kept = self._graphs[windows] = (copy.deepcopy(self.manifest), decode(self, windows))
+        return kept[1]
 
 
 def load_export(out: str | Path) -> Export:

@@ -4,8 +4,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -15,6 +16,9 @@ from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
 from .schema import MANIFEST, read_manifest
+from .strips import contiguous
+
+Progress = Callable[[int, int, int], None]
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]")
 MAX_STEM = 120                                  # + "_W.bin" and a "_k" suffix, far below 255 bytes
@@ -52,12 +56,18 @@ def file_stems(entries: list[Entry], forge_names: bool) -> dict[str, str]:
     return stems
 
 
-def _write_tensor(path: Path, array: np.ndarray, dtype: str) -> dict[str, Any]:
-    """Raw little-endian C-order bytes; float16 rounds to nearest even (IEEE), once."""
-    data = np.ascontiguousarray(array, dtype=np.dtype(dtype).newbyteorder("<")).tobytes()
-    path.write_bytes(data)
-    return {"file": path.name, "shape": list(array.shape), "dtype": dtype,
-            "sha256": hashlib.sha256(data).hexdigest()}
+def _sha256(data: memoryview) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _write_tensor(path: Path, array: np.ndarray, dtype: str, hasher: ThreadPoolExecutor) -> dict[str, Any]:
+    """Raw little-endian C-order bytes (float16 rounds to nearest even, once), written from the
+    array's own buffer while a worker thread hashes the same buffer (hashlib releases the GIL)."""
+    data = memoryview(contiguous(array, np.dtype(dtype).newbyteorder("<"))).cast("B")
+    digest = hasher.submit(_sha256, data)
+    with open(path, "wb") as f:
+        f.write(data)
+    return {"file": path.name, "shape": list(array.shape), "dtype": dtype, "sha256": digest}
 
 
 def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> dict[str, Any]:
@@ -109,24 +119,34 @@ def check_out_dir(out: Path) -> None:
 
 
 def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
-                 forge_names: bool = False) -> dict[str, Any]:
-    """Write every tensor and the manifest into a staged directory that then replaces ``out``."""
+                 forge_names: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+    """Write every tensor and the manifest into a staged directory that then replaces ``out``.
+    ``progress(entries done, entries, bytes written)`` is called after each entry."""
     stems = file_stems(entries, forge_names)
     layers = []
+    written = 0
     try:
         if out.is_symlink():                  # replace the link's target; the link stays a link
             out = out.resolve()
         check_out_dir(out)
-        with staged_directory(out, check=lambda _: check_out_dir(out)) as stage:   # named as given
-            for e in entries:
+        with staged_directory(out, check=lambda _: check_out_dir(out)) as stage, \
+                ThreadPoolExecutor(max_workers=1) as hasher:                         # named as given
+            for i, e in enumerate(entries):
                 meta = dict(e.meta)
                 for key, tensor in e.tensors.items():
                     suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
-                    info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", tensor.array, kind)
+                    info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", tensor.array, kind, hasher)
                     if tensor.layout:
                         info = {**info, "layout": tensor.layout}
                     meta[key] = info
+                    written += int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(kind).itemsize
                 layers.append(meta)
+                if progress is not None:
+                    progress(i + 1, len(entries), written)
+            for meta in layers:                                   # the hashes, in entry order
+                for key in ("weights", "bias"):
+                    if key in meta:
+                        meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
             manifest = build_manifest(graph, layers, dtype)
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     except OSError as err:

@@ -35,7 +35,7 @@ BESIDE = " [thread beside]"                  # a step run in another thread, ove
 
 # (module, function, step): the functions timed in the breakdown; one missing is skipped.
 STEPS = [
-    ("kerasfold.yolo2metal", "export", "export (read, fold, write)"),
+    ("kerasfold.pipeline", "export", "export (read, fold, write)"),
     ("kerasfold.verify.check", "load_export", "load the export (manifest)"),
     ("kerasfold.targets.mps.read", "Export.graph", "decode the export (read, hash, layouts)"),
     ("kerasfold.verify.check", "unfolded_graph", "unfolded graph of the original"),

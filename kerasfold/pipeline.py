@@ -63,17 +63,18 @@ def _nbytes(info: dict[str, Any]) -> int:
     return count * (2 if info["dtype"] == "float16" else 4)
 
 
-# The last model file read (one entry, by resolved path): ``--verify`` lowers the file again,
-# unfolded, right after the export read it. Kept until another file is read.
+# The last model file read when asked to remember it (one entry, by resolved path): ``--verify``
+# lowers the file again, unfolded, right after the export read it. Kept until another file is
+# read; a plain export remembers nothing (its raw weights are freed once lowered).
 _last_read: dict[Path, Model] = {}
 _read_lock = threading.Lock()
 
 
-def read(model: str | Path, *, reuse: bool = False) -> Model:
-    """``read_model``, remembered. ``reuse``: the model last read from this path when the file
-    still has the same sha256 (hashing costs a third of reading), else a new read. The weights
-    are made read-only: nothing downstream writes into them (passes replace arrays), and a reader
-    sharing them could not be handed a changed copy."""
+def read(model: str | Path, *, reuse: bool = False, remember: bool = False) -> Model:
+    """``read_model``, remembered with ``remember`` or ``reuse``. ``reuse``: the model last read
+    from this path when the file still has the same sha256 (hashing costs a third of reading),
+    else a new read. The weights are made read-only: nothing downstream writes into them (passes
+    replace arrays), and a reader sharing them could not be handed a changed copy."""
     path = Path(model)
     with _read_lock:                      # verify reads from two threads (kerasfold.verify.check)
         cached = _last_read.get(path.resolve())
@@ -88,17 +89,19 @@ def read(model: str | Path, *, reuse: bool = False) -> Model:
             for array in layer.weights.values():
                 array.flags.writeable = False
         _last_read.clear()
-        _last_read[path.resolve()] = raw
+        if remember or reuse:
+            _last_read[path.resolve()] = raw
         return raw
 
 
 def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int] | None = None,
-            allow_opaque: bool = False, reuse: bool = False) -> Graph:
+            allow_opaque: bool = False, reuse: bool = False, remember: bool = False) -> Graph:
     """Read, lower and rewrite a model: the graph of typed operations every target starts from.
     ``fold=False`` keeps BatchNormalization (as a per-channel scale/bias) and activations apart;
     ``allow_opaque`` lets unknown weightless layers through as opaque operations; ``reuse``: the
-    last read of the same bytes instead of reading again (:func:`read`)."""
-    raw = read(model, reuse=reuse)
+    last read of the same bytes instead of reading again; ``remember``: keep this read for that
+    (:func:`read`)."""
+    raw = read(model, reuse=reuse, remember=remember)
     try:
         return run_passes(lower(raw, input_size, allow_opaque), fold=fold)
     except ExportError as err:
@@ -106,13 +109,15 @@ def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int]
 
 
 def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOptions(), *,
-           progress: Progress | None = None) -> ExportResult:
+           progress: Progress | None = None, remember: bool = False) -> ExportResult:
     """Export ``model`` to ``out``; raises :class:`ExportError` on bad input, leaving ``out`` as it was.
-    ``progress(entries written, entries, bytes written)`` is called as the files are written."""
+    ``progress(entries written, entries, bytes written)`` is called as the files are written;
+    ``remember`` keeps the model's read for a verification that follows (:func:`read`)."""
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
-    graph = prepare(model, fold=options.fold, input_size=options.input_size, allow_opaque=options.allow_opaque)
+    graph = prepare(model, fold=options.fold, input_size=options.input_size, allow_opaque=options.allow_opaque,
+                    remember=remember)
     try:
         entries = emit(graph, options.dtype)
     except ExportError as err:

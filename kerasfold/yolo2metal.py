@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
                                 allow_opaque=args.allow_opaque)
         line = progress_line(PROG, quiet=args.quiet)
         try:
-            result = export(args.model, args.out, options, progress=line)
+            result = export(args.model, args.out, options, progress=line, remember=args.verify)
         finally:
             if line is not None:
                 line.close()

@@ -62,7 +62,7 @@ def _export(s: Settings, args: argparse.Namespace) -> str:
 
     options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names, input_size=args.input_size,
                             fold=not args.no_fold, allow_opaque=args.allow_opaque)
-    result = export(s.model, s.out, options)
+    result = export(s.model, s.out, options, remember=s.verify)
     for line in result.warnings():
         diagnostic(s.model, "warning", line)
     print(result.summary())

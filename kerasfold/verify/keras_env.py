@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from contextlib import contextmanager
 from types import ModuleType
 from typing import Any, Iterator
@@ -11,6 +10,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..errors import MissingDependency
+from ..hidden_imports import hidden
 
 
 def import_keras() -> ModuleType:
@@ -19,17 +19,12 @@ def import_keras() -> ModuleType:
     # Keras imports matplotlib.pyplot when it is installed (for plot helpers kerasfold never calls):
     # 0.2 s, and a font cache written to ~/.cache/matplotlib, in a build phase that may write only
     # its outputs. Hidden while Keras is imported, unless the process already uses matplotlib.
-    hide = "matplotlib" not in sys.modules and "keras" not in sys.modules
-    if hide:
-        sys.modules["matplotlib"] = None                     # type: ignore[assignment]
     try:
-        import keras
+        with hidden("matplotlib"):
+            import keras
     except ImportError as err:
         raise MissingDependency("the parity check needs TensorFlow and Keras 3; install them with "
                           f"pip install 'kerasfold[verify]' ({err})") from err
-    finally:
-        if hide and sys.modules.get("matplotlib", 0) is None:
-            del sys.modules["matplotlib"]
     for name in ("absl", "tensorflow", "h5py._conv"):
         logging.getLogger(name).setLevel(logging.ERROR)
     return keras

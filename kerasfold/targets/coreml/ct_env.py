@@ -14,6 +14,7 @@ import sys
 from types import ModuleType
 
 from ...errors import MissingDependency
+from ...hidden_imports import hidden
 
 HIDDEN = ("tensorflow", "torch", "sklearn", "xgboost", "libsvm", "executorch", "keras")
 
@@ -23,17 +24,11 @@ def import_coremltools() -> ModuleType:
     if "coremltools" in sys.modules:
         return sys.modules["coremltools"]
     logging.getLogger("coremltools").setLevel(logging.ERROR)
-    hidden = [name for name in HIDDEN if name not in sys.modules]
-    for name in hidden:
-        sys.modules[name] = None                          # type: ignore[assignment]
     try:
-        import coremltools
-        from coremltools.converters.mil import Builder  # noqa: F401  (the MIL builder, loaded now)
+        with hidden(*HIDDEN):
+            import coremltools
+            from coremltools.converters.mil import Builder  # noqa: F401  (the MIL builder, loaded now)
     except ImportError as err:
         raise MissingDependency("the Core ML target needs coremltools; install it with "
                                 f"pip install 'kerasfold[coreml]' ({err})") from err
-    finally:
-        for name in hidden:
-            if sys.modules.get(name, 0) is None:
-                del sys.modules[name]
     return coremltools

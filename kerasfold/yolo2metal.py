@@ -43,6 +43,13 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def export_options(args: argparse.Namespace) -> Any:
+    """The :class:`ExportOptions` the parsed command line asks for (also the build phase's)."""
+    from .pipeline import ExportOptions
+    return ExportOptions(dtype=args.dtype, forge_names=args.forge_names, input_size=args.input_size,
+                         fold=not args.no_fold, allow_opaque=args.allow_opaque)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
 
@@ -50,10 +57,8 @@ def main(argv: list[str] | None = None) -> int:
         single_threaded_blas()
 
     def job() -> int:
-        from .pipeline import ExportOptions, export          # numpy from here on
-        options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names,
-                                input_size=args.input_size, fold=not args.no_fold,
-                                allow_opaque=args.allow_opaque)
+        from .pipeline import export                         # numpy from here on
+        options = export_options(args)
         line = progress_line(PROG, quiet=args.quiet)
         try:
             result = export(args.model, args.out, options, progress=line, remember=args.verify)

@@ -58,11 +58,10 @@ def _options(s: Settings) -> argparse.Namespace:
 
 def _export(s: Settings, args: argparse.Namespace) -> str:
     """Export; returns the sha256 of the bytes exported (the stamp's, so the model is hashed once)."""
-    from ..pipeline import ExportOptions, export
+    from ..pipeline import export
+    from ..yolo2metal import export_options
 
-    options = ExportOptions(dtype=args.dtype, forge_names=args.forge_names, input_size=args.input_size,
-                            fold=not args.no_fold, allow_opaque=args.allow_opaque)
-    result = export(s.model, s.out, options, remember=s.verify)
+    result = export(s.model, s.out, export_options(args), remember=s.verify)
     for line in result.warnings():
         diagnostic(s.model, "warning", line)
     print(result.summary())

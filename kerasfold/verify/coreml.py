@@ -18,8 +18,9 @@ import numpy as np
 
 from ..errors import ExportError
 from ..graph import Graph
-from .check import DEFAULT_TOLERANCES, Check, ParityReport, errors
 from ..targets.coreml.program import io_names
+from ..targets.mps.read import Export, load_export
+from .check import DEFAULT_TOLERANCES, Check, ParityReport, errors
 from .reference import run as run_reference
 
 
@@ -62,11 +63,11 @@ def _seeded(program: Any, graph: Graph, samples: int, seed: int) -> tuple[list[n
     return xs, feeds
 
 
-def weights_match(program: Any, export_root: Path) -> list[str]:
+def weights_match(program: Any, export: Export | Path) -> list[str]:
     """Export entries none of whose program constants holds exactly its weight values (compared as
-    sorted float32 bits, so the check is independent of layout)."""
-    from ..targets.mps.read import load_export
-    export = load_export(export_root)
+    sorted float32 bits, so the check is independent of layout). ``export``: loaded, or its folder."""
+    if not isinstance(export, Export):
+        export = load_export(export)
     consts: dict[int, list[np.ndarray]] = {}
     for a in constants(program):
         if a.dtype == np.float32 and a.size > 1:
@@ -84,15 +85,16 @@ def weights_match(program: Any, export_root: Path) -> list[str]:
 def verify_package(source: str | Path, package: str | Path, *, tolerance: float | None = None,
                    samples: int = 2, seed: int = 0, input_size: tuple[int, int] | None = None,
                    compute: str = "float64") -> ParityReport:
-    from ..targets.coreml.build import source_graph
+    from ..targets.coreml.build import verified_graph
     from .mlprogram import load_program, run as run_program
 
     source, package = Path(source), Path(package)
     program = load_program(package)
     dtype = precision(program)
     tolerance = DEFAULT_TOLERANCES[dtype] if tolerance is None else tolerance
-    if source.is_dir():
-        reference = source_graph(source)
+    export = load_export(source) if source.is_dir() else None    # read, hashed and decoded once
+    if export is not None:
+        reference = verified_graph(export)
         against = "the export's files run by kerasfold's numpy reference executor"
     else:
         from ..pipeline import prepare
@@ -115,8 +117,8 @@ def verify_package(source: str | Path, package: str | Path, *, tolerance: float 
     max_abs, max_rel = errors(got_all, want_all)
     checks = [Check("coreml", max_abs, max_rel, against)]
     notes = []
-    if source.is_dir() and dtype == "float32":
-        missing = weights_match(program, source)
+    if export is not None and dtype == "float32":
+        missing = weights_match(program, export)
         if missing:
             checks.append(Check("weights", float("inf"), float("inf"),
                                 f"the export's files; no constant holds the weights of {', '.join(missing[:3])}"))

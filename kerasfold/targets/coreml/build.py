@@ -9,24 +9,29 @@ from typing import Any
 
 from ...errors import ExportError
 from ...graph import Graph
+from ..mps.read import Export, load_export
 from .package import CoreMLOptions, CoreMLResult, convert, save
+
+
+def verified_graph(export: Export, input_size: tuple[int, int] | None = None) -> Graph:
+    """An export's network decoded from its files, refused when a file no longer matches its
+    sha256 (a package holds verified weights only)."""
+    graph = export.graph()
+    if export.hash_mismatches:
+        raise ExportError("expected the export's files to match their sha256 in manifest.json, received "
+                          f"changed {', '.join(export.hash_mismatches[:3])}", file=str(export.root))
+    if input_size is not None:
+        raise ExportError("expected no --input-size with an export directory (its sizes are fixed), "
+                          "received one", file=str(export.root))
+    return graph
 
 
 def source_graph(source: str | Path, input_size: tuple[int, int] | None = None) -> Graph:
     """A Keras model file prepared as for every target, or an export directory decoded from its
-    files (refused when a file no longer matches its sha256: the package holds verified weights)."""
+    files (:func:`verified_graph`)."""
     path = Path(source)
     if path.is_dir():
-        from ..mps.read import load_export
-        export = load_export(path)
-        graph = export.graph()
-        if export.hash_mismatches:
-            raise ExportError("expected the export's files to match their sha256 in manifest.json, received "
-                              f"changed {', '.join(export.hash_mismatches[:3])}", file=str(path))
-        if input_size is not None:
-            raise ExportError("expected no --input-size with an export directory (its sizes are fixed), "
-                              "received one", file=str(path))
-        return graph
+        return verified_graph(load_export(path), input_size)
     from ...pipeline import prepare
     return prepare(path, input_size=input_size)
 

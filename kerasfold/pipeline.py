@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .digest import file_sha256
 from .errors import ExportError
 from .graph import Graph
 from .kinds import lower
 from .passes import run_passes
-from .readers import file_sha256, read_model
+from .readers import read_model
 from .readers.layers import Model
 from .targets.mps.entries import emit
 from .targets.mps.float16 import HalfStats

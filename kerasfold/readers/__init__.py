@@ -4,7 +4,6 @@ h5py and json only: no TensorFlow, no Keras, nothing from the file is executed.
 """
 from __future__ import annotations
 
-import hashlib
 import io
 import json
 import re
@@ -17,6 +16,7 @@ from typing import Any, Callable
 import h5py
 import numpy as np
 
+from ..digest import file_sha256
 from ..errors import ExportError
 from ..graph import SourceInfo
 from .layers import Layer as Node, Model
@@ -26,14 +26,6 @@ from .variables import canonical_name
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 ZIP_MAGIC = b"PK\x03\x04"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _text(value: Any) -> str:

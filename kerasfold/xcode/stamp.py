@@ -13,7 +13,6 @@ only: this is the path every unchanged build takes.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -23,24 +22,16 @@ if TYPE_CHECKING:
     from typing import Any
 
 from .. import __version__
+from ..digest import file_sha256
 from .settings import Settings
 
 STAMP_VERSION = 1
-CHUNK = 1 << 20
 
 
 def key(s: Settings) -> dict[str, Any]:
     """What must be equal for an export to be reusable, besides the model's bytes and OUT's files."""
     return {"stamp": STAMP_VERSION, "kerasfold": __version__, "args": list(s.args),
             "model": str(s.model), "out": str(s.out), "bundle": str(s.bundle) if s.bundle else None}
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def source(path: Path, previous: dict[str, Any] | None, *, hash_it: bool = True) -> dict[str, Any]:
@@ -51,7 +42,7 @@ def source(path: Path, previous: dict[str, Any] | None, *, hash_it: bool = True)
     seen = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
     if previous and all(previous.get(k) == v for k, v in seen.items()) and previous.get("sha256"):
         return {**seen, "sha256": previous["sha256"]}
-    return {**seen, "sha256": sha256(path) if hash_it else None}
+    return {**seen, "sha256": file_sha256(path) if hash_it else None}
 
 
 def files(directory: Path) -> dict[str, list[int]] | None:

@@ -71,11 +71,15 @@ _last_read: dict[Path, Model] = {}
 _read_lock = threading.Lock()
 
 
-def read(model: str | Path, *, reuse: bool = False, remember: bool = False) -> Model:
+def read(model: str | Path, *, reuse: bool = False, remember: bool = False, lazy: bool = False) -> Model:
     """``read_model``, remembered with ``remember`` or ``reuse``. ``reuse``: the model last read
     from this path when the file still has the same sha256 (hashing costs a third of reading),
     else a new read. The weights are made read-only: nothing downstream writes into them (passes
-    replace arrays), and a reader sharing them could not be handed a changed copy."""
+    replace arrays), and a reader sharing them could not be handed a changed copy. ``lazy``: the
+    large kernels stay in the file until written (``read_model``); never remembered, and the
+    caller closes the model."""
+    if lazy:
+        return read_model(model, lazy=True)
     path = Path(model)
     with _read_lock:                      # verify reads from two threads (kerasfold.verify.check)
         cached = _last_read.get(path.resolve())
@@ -102,7 +106,11 @@ def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int]
     ``allow_opaque`` lets unknown weightless layers through as opaque operations; ``reuse``: the
     last read of the same bytes instead of reading again; ``remember``: keep this read for that
     (:func:`read`)."""
-    raw = read(model, reuse=reuse, remember=remember)
+    return _rewritten(model, read(model, reuse=reuse, remember=remember), fold, input_size, allow_opaque)
+
+
+def _rewritten(model: str | Path, raw: Model, fold: bool, input_size: tuple[int, int] | None,
+               allow_opaque: bool) -> Graph:
     try:
         return run_passes(lower(raw, input_size, allow_opaque), fold=fold)
     except ExportError as err:
@@ -117,13 +125,17 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
-    graph = prepare(model, fold=options.fold, input_size=options.input_size, allow_opaque=options.allow_opaque,
-                    remember=remember)
+    # A plain export streams: each large kernel is read, folded, laid out and written in turn
+    # (peak memory: about one layer). Kept for a verification, the read is whole.
+    raw = read(model, remember=remember, lazy=not remember)
     try:
+        graph = _rewritten(model, raw, options.fold, options.input_size, options.allow_opaque)
         entries = emit(graph, options.dtype)
+        manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names,
+                                progress=progress)
     except ExportError as err:
-        raise err.at(file=str(model))
-    manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names,
-                            progress=progress)
+        raise err.at(file=str(model))           # OUT's errors name OUT already
+    finally:
+        raw.close()
     half = [e.half for e in entries if e.half is not None]
     return ExportResult(out=Path(out), manifest=manifest, seconds=time.perf_counter() - start, half=half)

@@ -13,7 +13,7 @@ import pytest
 
 from kerasfold.errors import ExportError
 from kerasfold.pipeline import export
-from kerasfold.targets.mps import atomic
+from kerasfold.targets.mps import atomic, writer
 from kerasfold.targets.mps.atomic import staged_directory
 from kerasfold.targets.mps.stale import remove_stale
 from models import small
@@ -195,3 +195,40 @@ def test_out_is_the_current_directory(small_model, small_export, tmp_path, cwd_h
     assert sorted(p.name for p in here.iterdir()) == ["conv_W.bin", "conv_b.bin", "head_W.bin",
                                                        "head_b.bin", "manifest.json"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["here"]
+
+
+@pytest.mark.parametrize("change", ["user_file", "foreign_manifest", "touched_manifest"])
+def test_out_changed_after_its_check_is_checked_again_at_the_swap(small_model, small_export, tmp_path, change,
+                                                                  monkeypatch):
+    """OUT is checked (its manifest validated) in a thread beside the writing; a change made after
+    that check, while the files are written, is seen at the swap: refused, or checked and replaced."""
+    _, model = small_model(small.conv_bn_act, channels=6)
+    out = copy_tree(small_export, tmp_path / "out")
+    checked = threading.Event()
+    real_check = writer.check_out_dir
+
+    def check_out_dir(*args, **kwargs):
+        seen = real_check(*args, **kwargs)
+        if kwargs.get("validate", True):       # the check beside (the quick one says validate=False)
+            checked.set()
+        return seen
+    monkeypatch.setattr(writer, "check_out_dir", check_out_dir)
+
+    def progress(done, total, _written):
+        if done == total:
+            assert checked.wait(30)             # the check beside has passed: now OUT changes
+            if change == "user_file":
+                (out / "notes.txt").write_text("mine")
+            elif change == "foreign_manifest":
+                (out / "manifest.json").write_text('{"name": "my app"}')
+            else:
+                os.utime(out / "manifest.json", ns=(1, 1))
+    if change == "touched_manifest":
+        export(model, out, progress=progress)
+        assert read_manifest(out)["layers"][0]["weights"]["shape"][0] == 6
+    else:
+        with pytest.raises(ExportError, match="refusing to replace"):
+            export(model, out, progress=progress)
+        assert ("notes.txt" in snapshot(out)) == (change == "user_file")
+        assert read_manifest(out) if change == "user_file" else b"my app" in snapshot(out)["manifest.json"]
+    assert _beside(out) == ["out"]

@@ -11,12 +11,14 @@ that no target and no check can run.
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Any
 
 import numpy as np
 
 from .. import ops
+from ..deferred import checked
 from ..errors import ConfigError, ExportError, UnsupportedLayer
 from ..graph import Graph, Node, Shape
 from ..readers.layers import Layer, Model
@@ -52,8 +54,9 @@ def _matches(expected: tuple, actual: tuple) -> bool:
     return len(expected) == len(actual) and all(e is None or e == a for e, a in zip(expected, actual))
 
 
-def check_weights(expected: dict[str, tuple | None], weights: dict[str, np.ndarray]) -> None:
-    """The weights the config implies, of the right shapes, all finite."""
+def check_weights(expected: dict[str, tuple | None], weights: dict[str, np.ndarray], layer: str | None = None) -> None:
+    """The weights the config implies, of the right shapes, all finite (checked when read, for a
+    deferred weight: ``weights`` then holds it with the check recorded)."""
     if set(expected) != set(weights):
         raise ExportError(f"expected weights {sorted(expected)} from the config, received {sorted(weights)}")
     for key, shape in expected.items():
@@ -62,9 +65,14 @@ def check_weights(expected: dict[str, tuple | None], weights: dict[str, np.ndarr
             want = tuple("?" if s is None else s for s in shape)
             raise ExportError(f"expected {key} of shape {want} from the config, received {actual}")
     for key, arr in weights.items():
-        if np.issubdtype(arr.dtype, np.floating) and not np.all(np.isfinite(arr)):
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
-            raise ExportError(f"expected finite {key}, received {bad} NaN/Inf values")
+        if np.issubdtype(arr.dtype, np.floating):
+            weights[key] = checked(arr, functools.partial(_finite, key, layer))
+
+
+def _finite(key: str, layer: str | None, arr: np.ndarray) -> None:
+    if not np.all(np.isfinite(arr)):
+        bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+        raise ExportError(f"expected finite {key}, received {bad} NaN/Inf values", layer=layer)
 
 
 def supported_classes() -> list[str]:
@@ -99,7 +107,7 @@ def lower_layer(layer: Layer, shapes: list[Shape | None],
     if layer.kind == "Lambda" and not params.space_to_depth:
         _opaque(layer, f"Lambda '{lambdas.function_name(layer.config)}'", allow_opaque)
     cin = shapes[0][-1] if shapes and shapes[0] else None
-    check_weights(kind.variables(params, cin), layer.weights)
+    check_weights(kind.variables(params, cin), layer.weights, layer.name)
     shape = kind.shape(params, shapes)
     if shape is not None and any(d is not None and not 1 <= d <= MAX_SIZE for d in shape):
         raise ExportError(f"expected an output shape of sizes in 1..{MAX_SIZE}, received {tuple(shape)}")

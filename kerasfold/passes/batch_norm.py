@@ -7,6 +7,7 @@ from typing import Callable
 import numpy as np
 
 from .. import ops
+from ..deferred import checked
 from ..errors import ExportError
 from ..graph import Graph, Node
 from ..kinds.activation import is_linear
@@ -49,6 +50,12 @@ def check_finite(bn: str, into: str, *arrays: np.ndarray | None) -> None:
                               f"'{bn}' into '{into}'; check its gamma and moving_variance", layer=bn)
 
 
+def _checked_kernel(op: ops.Op, bn: str, into: str) -> None:
+    """:func:`check_finite` on the folded kernel (recorded, for a deferred one) and bias."""
+    op.kernel = checked(op.kernel, lambda kernel: check_finite(bn, into, kernel))
+    check_finite(bn, into, op.bias)
+
+
 def bn_params(op: ops.BatchNorm) -> BNParams:
     """Missing gamma / beta mean identity (the math treats None as 1 / 0)."""
     return BNParams(mean=op.mean, var=op.var, eps=op.eps, gamma=op.gamma, beta=op.beta)
@@ -82,7 +89,7 @@ def fold_bn_into_producers(graph: Graph) -> None:
         if producer is None:
             continue
         FOLD_TARGETS[type(producer.op)](producer.op, bn_params(bn.op))
-        check_finite(bn.name, producer.name, producer.op.kernel, producer.op.bias)
+        _checked_kernel(producer.op, bn.name, producer.name)
         producer.folded.append(bn.layer)
         graph.absorb(producer.name, bn.name)
 
@@ -113,7 +120,7 @@ def fold_bn_into_consumers(graph: Graph) -> None:
         op = consumer.op
         axis = 0 if isinstance(op, ops.Dense) else 2
         op.kernel, op.bias = fold_bn_forward(op.kernel, op.bias, bn_params(bn.op), axis)
-        check_finite(bn.name, consumer.name, op.kernel, op.bias)
+        _checked_kernel(op, bn.name, consumer.name)
         consumer.folded.insert(0, bn.layer)       # graph order: this BN came before any folded after
         graph.bypass(bn.name)
 

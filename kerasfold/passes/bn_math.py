@@ -22,6 +22,8 @@ from typing import Callable
 
 import numpy as np
 
+from ..deferred import multiply64
+
 _U = 2.0 ** -53          # float64 unit roundoff
 
 
@@ -105,7 +107,7 @@ def fold_bn(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     s, _ = bn.scale_shift()
     shape = [1] * kernel.ndim
     shape[channel_axis] = channels
-    folded = np.multiply(kernel, s.reshape(shape), dtype=np.float64)      # one pass, no float64 copy first
+    folded = multiply64(kernel, s.reshape(shape))          # one pass, no float64 copy first; deferred stays so
     b = np.zeros(channels) if bias is None else bias.astype(np.float64)
     mean = bn.mean.astype(np.float64)
     scaled = (b - mean) * s
@@ -136,6 +138,7 @@ def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     ``y = W ∗ (s x + t) + b = (W·s) ∗ x + (b + Σ W·t)``: ``kernel`` scaled along its input axis,
     ``bias' = bias + Σ_{all axes but the output} W[..., i, o] t[i]`` (output channel last).
     """
+    kernel = np.asarray(kernel)                 # the bias sums every weight: a deferred one is read here
     channels = _channels(kernel, input_axis, bn, "input")
     s, t = bn.scale_shift()
     shape = [1] * kernel.ndim

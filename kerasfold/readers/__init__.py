@@ -4,18 +4,21 @@ h5py and json only: no TensorFlow, no Keras, nothing from the file is executed.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import re
 import zipfile
 import zlib
 from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import h5py
 import numpy as np
 
+from ..deferred import Deferred
 from ..digest import file_sha256
 from ..errors import ExportError
 from ..graph import SourceInfo
@@ -47,7 +50,45 @@ def _check_arrays(nodes: list[Node]) -> None:
                                   f"'{key}'", layer=n.name)
 
 
-def _legacy_weights(f: h5py.File, nodes: list[Node]) -> None:
+@contextmanager
+def damaged_file_errors() -> Iterator[None]:
+    """Errors of reading a damaged file (from the OS, zipfile or h5py) as :class:`ExportError`;
+    anything else raised is a bug of ours and goes through."""
+    try:
+        yield
+    except (OSError, zipfile.BadZipFile, EOFError) as err:
+        raise ExportError(f"expected a readable model file, received a damaged or truncated "
+                          f"one ({type(err).__name__}: {err})") from err
+    except (RuntimeError, KeyError, ValueError, TypeError, UnicodeError) as err:
+        if not raised_by_h5py(err):
+            raise                                # a bug of ours: exit 3 with the trace
+        raise ExportError(f"expected a readable HDF5 file, received damaged HDF5 structures "
+                          f"({type(err).__name__}: {err})") from err
+
+
+# Weights a plain export leaves in the file until it writes them (read_model(lazy=True)): the
+# kernels (what kinds and passes only reshape, transpose and scale), from this size on.
+DEFERRED = frozenset({"kernel", "depthwise_kernel", "pointwise_kernel"})
+DEFERRED_MIN_BYTES = 1 << 20
+
+
+def _read_dataset(dataset: h5py.Dataset, path: str) -> np.ndarray:
+    try:
+        with damaged_file_errors():
+            return np.asarray(dataset[()])
+    except ExportError as err:
+        raise err.at(file=path)
+
+
+def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Deferred:
+    if (lazy and name in DEFERRED and dataset.dtype.kind == "f" and dataset.ndim >= 2
+            and dataset.size * dataset.dtype.itemsize >= DEFERRED_MIN_BYTES):
+        return Deferred(functools.partial(_read_dataset, dataset, dataset.file.filename),
+                        tuple(dataset.shape), np.dtype(dataset.dtype))
+    return np.asarray(dataset[()])
+
+
+def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None:
     """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``.
     A nested model's group holds all its layers' weights, named ``<inner layer>/<var>``."""
     root = f["model_weights"] if "model_weights" in f else f
@@ -68,7 +109,8 @@ def _legacy_weights(f: h5py.File, nodes: list[Node]) -> None:
             if not isinstance(group.get(stored), h5py.Dataset):
                 raise ExportError(f"expected dataset '{stored}' named in weight_names, received "
                                   + ("none" if stored not in group else "a group"), layer=n.name)
-            n.weights[canonical_name(n.kind, stored)] = np.asarray(group[stored][()])
+            name = canonical_name(n.kind, stored)
+            n.weights[name] = _weight(group[stored], name, lazy)
     _share_weights(nodes)
 
 
@@ -143,10 +185,18 @@ def _share_weights(nodes: list[Node]) -> None:
 Probed = Callable[[], None]
 
 
-def _read_h5(path: Path, probed: Probed) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+def _nothing() -> None:
+    pass
+
+
+Read = tuple[Any, str, str, list[Node], list[str], list[str], Callable[[], None]]
+
+
+def _read_h5(path: Path, probed: Probed, lazy: bool) -> Read:
     probe(lambda: h5py.File(path, "r"))
     probed()
-    with h5py.File(path, "r") as f:
+    f = h5py.File(path, "r")
+    try:
         if "model_config" not in f.attrs:
             raise ExportError("expected a whole model (attribute 'model_config'), received a "
                               "weights-only file; save it with model.save(), not save_weights()")
@@ -154,9 +204,15 @@ def _read_h5(path: Path, probed: Probed) -> tuple[Any, str, str, list[Node], lis
         version = _text(f.attrs.get("keras_version", f["model_weights"].attrs.get("keras_version", "")
                                     if "model_weights" in f else ""))
         nodes, ins, outs = parse_model_config(config)
-        _legacy_weights(f, nodes)
+        _legacy_weights(f, nodes, lazy)
+        deferred = any(isinstance(w, Deferred) for n in nodes for w in n.weights.values())
+    except BaseException:
+        f.close()
+        raise
+    if not deferred:
+        f.close()
     flavour = "keras3-h5" if version.startswith("3") else "keras2-h5"
-    return config, version, flavour, nodes, ins, outs
+    return config, version, flavour, nodes, ins, outs, (f.close if deferred else _nothing)
 
 
 def _member(z: zipfile.ZipFile, name: str) -> bytes:
@@ -172,7 +228,8 @@ def _member(z: zipfile.ZipFile, name: str) -> bytes:
         raise ExportError(f"expected {name} unencrypted, received {err}") from err
 
 
-def _read_keras(path: Path, probed: Probed) -> tuple[Any, str, str, list[Node], list[str], list[str]]:
+def _read_keras(path: Path, probed: Probed, lazy: bool) -> Read:
+    """A ``.keras`` zip; its weights are always read at once (``lazy`` is for legacy ``.h5``)."""
     with zipfile.ZipFile(path) as z:
         names = set(z.namelist())
         for needed in ("config.json", "model.weights.h5"):
@@ -189,11 +246,15 @@ def _read_keras(path: Path, probed: Probed) -> tuple[Any, str, str, list[Node], 
     probed()
     with h5py.File(io.BytesIO(weights), "r") as f:
         _keras_weights(f, nodes, config)
-    return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs
+    return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs, _nothing
 
 
-def read_model(path: str | Path) -> Model:
-    """Read a Keras model file into a :class:`Model` of layer calls. Raises :class:`ExportError` on bad input."""
+def read_model(path: str | Path, lazy: bool = False) -> Model:
+    """Read a Keras model file into a :class:`Model` of layer calls. Raises :class:`ExportError` on bad input.
+
+    ``lazy``: a legacy ``.h5``'s kernels of :data:`DEFERRED_MIN_BYTES` or more stay in the file
+    as :class:`~kerasfold.deferred.Deferred` weights, read when a target needs them; the file stays
+    open until ``Model.close()``."""
     path = Path(path)
     try:
         if not path.is_file():
@@ -210,22 +271,21 @@ def read_model(path: str | Path) -> Model:
                               + (f"a file starting with {head!r}" if head else "an empty file"))
         # The source's hash overlaps the read (hashlib releases the GIL). It starts once the
         # probe's fork is done: a process is never forked while this thread runs.
-        with ThreadPoolExecutor(max_workers=1) as worker:
+        with ThreadPoolExecutor(max_workers=1) as worker, damaged_file_errors():
             digest: list[Future[str]] = []
+            _config, version, flavour, nodes, ins, outs, close = reader(
+                path, lambda: digest.append(worker.submit(file_sha256, path)), lazy)
             try:
-                _config, version, flavour, nodes, ins, outs = reader(
-                    path, lambda: digest.append(worker.submit(file_sha256, path)))
                 sha256 = (digest[0] if digest else worker.submit(file_sha256, path)).result()
-            except (OSError, zipfile.BadZipFile, EOFError) as err:
-                raise ExportError(f"expected a readable model file, received a damaged or truncated "
-                                  f"one ({type(err).__name__}: {err})") from err
-            except (RuntimeError, KeyError, ValueError, TypeError, UnicodeError) as err:
-                if not raised_by_h5py(err):
-                    raise                                # a bug of ours: exit 3 with the trace
-                raise ExportError(f"expected a readable HDF5 file, received damaged HDF5 structures "
-                                  f"({type(err).__name__}: {err})") from err
-        _check_arrays(nodes)
+            except BaseException:
+                close()
+                raise
+        try:
+            _check_arrays(nodes)
+        except ExportError:
+            close()
+            raise
     except ExportError as err:
         raise err.at(file=str(path))
     source = SourceInfo(file=path.name, sha256=sha256, keras_version=version, flavour=flavour)
-    return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source)
+    return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source, close=close)

@@ -3,7 +3,7 @@ canonical variable name), before any kind has parsed them. Nothing here is execu
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -36,6 +36,7 @@ class Model:
     inputs: list[str]
     outputs: list[str]
     source: SourceInfo
+    close: Callable[[], None] = field(default=lambda: None, repr=False)   # the file deferred weights read from
 
     def __iter__(self) -> Iterator[Layer]:
         return iter(list(self.nodes.values()))

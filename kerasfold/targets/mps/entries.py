@@ -11,6 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ... import ops
+from ...deferred import Deferred
 from ...errors import ExportError
 from ...graph import Graph, Node
 from . import layouts
@@ -20,7 +21,7 @@ from .offsets import mps_offset
 
 @dataclass
 class Tensor:
-    array: np.ndarray
+    array: np.ndarray | Deferred      # a deferred weight is read, folded and laid out when written
     layout: str | None = None         # "OHWI", "OHW", ...; None for biases
 
 
@@ -150,8 +151,11 @@ def emit(graph: Graph, dtype: str = "float32") -> list[Entry]:
         try:
             entry = EMITTERS[type(node.op)](node, node.op)
             entry.meta["output_of"] = graph.output_of(node.name)
-            if dtype == "float16" and "weights" in entry.tensors:
-                entry.half = stats = half_stats(node.name, entry.tensors["weights"].array)
+            weights = entry.tensors.get("weights")
+            if dtype == "float16" and weights is not None and isinstance(weights.array, Deferred):
+                entry.meta["float16"] = None             # known once written (targets/mps/stream)
+            elif dtype == "float16" and weights is not None:
+                entry.half = stats = half_stats(node.name, weights.array)
                 entry.meta["float16"] = {"flushed_to_zero": stats.flushed, "subnormal": stats.subnormal}
             entries.append(entry)
         except ExportError as err:

@@ -1,22 +1,25 @@
 """Entries -> ``<name>_W.bin`` / ``<name>_b.bin`` + ``manifest.json`` (FORMAT.md), written atomically."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import os
 import re
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 
 from ... import FORMAT_NAME, FORMAT_VERSION, __version__
+from ...deferred import Deferred
 from ...errors import ExportError
 from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
 from .schema import MANIFEST, read_manifest
-from .strips import contiguous
+from .stream import file_array
 
 Progress = Callable[[int, int, int], None]
 
@@ -60,14 +63,14 @@ def _sha256(data: memoryview) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _write_tensor(path: Path, array: np.ndarray, dtype: str, hasher: ThreadPoolExecutor) -> dict[str, Any]:
-    """Raw little-endian C-order bytes (float16 rounds to nearest even, once), written from the
-    array's own buffer while a worker thread hashes the same buffer (hashlib releases the GIL)."""
-    data = memoryview(contiguous(array, np.dtype(dtype).newbyteorder("<"))).cast("B")
-    digest = hasher.submit(_sha256, data)
+def _write_tensor(path: Path, data: np.ndarray, dtype: str, hasher: ThreadPoolExecutor) -> dict[str, Any]:
+    """Raw little-endian C-order bytes, written from the array's own buffer while a worker thread
+    hashes the same buffer (hashlib releases the GIL)."""
+    view = memoryview(data).cast("B")
+    digest = hasher.submit(_sha256, view)
     with open(path, "wb") as f:
-        f.write(data)
-    return {"file": path.name, "shape": list(array.shape), "dtype": dtype, "sha256": digest}
+        f.write(view)
+    return {"file": path.name, "shape": list(data.shape), "dtype": dtype, "sha256": digest}
 
 
 def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> dict[str, Any]:
@@ -100,22 +103,83 @@ def _export_files(out: Path) -> set[str] | None:
     return names
 
 
-def check_out_dir(out: Path) -> None:
+Seen = tuple                       # what OUT held when checked (_fingerprint)
+
+
+def _fingerprint(out: Path) -> Seen | None:
+    """OUT's file names and its manifest's identity (inode, size, times): equal means unchanged."""
+    try:
+        names = frozenset(os.listdir(out))
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        return ("not a directory",)
+    if MANIFEST not in names:
+        return names, None
+    st = os.lstat(out / MANIFEST)
+    return names, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+def check_out_dir(out: Path, validate: bool = True) -> Seen | None:
     """Refuse to replace anything but an empty directory or exactly a previous export: a foreign
-    manifest.json, or a user's file put inside an old export, would be deleted with it."""
+    manifest.json, or a user's file put inside an old export, would be deleted with it. What was
+    checked is returned (:func:`_fingerprint`). ``validate=False``: all but reading the manifest
+    (quick: any manifest.json is taken to be an export's)."""
+    seen = _fingerprint(out)
     if not out.exists():
-        return
+        return seen
     if not out.is_dir():
         raise ExportError("expected OUT to be a directory, received a file", file=str(out))
     present = {p.name for p in out.iterdir()}
     if not present:
-        return
+        return seen
+    if not validate and MANIFEST in present:
+        return seen
     known = _export_files(out)
     others = sorted(present - known) if known is not None else sorted(present)
     if others:
         shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
         raise ExportError("expected OUT to be empty or a previous kerasfold export, received a "
                           f"directory also holding {shown}; refusing to replace it", file=str(out))
+    return seen
+
+
+def _confirm(checked: Future, out: Path) -> None:
+    """Right before the swap: OUT as the check beside the writing found it, or checked again."""
+    if _fingerprint(out) != checked.result():
+        check_out_dir(out)
+
+
+def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dtype: str,
+                   hasher: ThreadPoolExecutor, progress: Progress | None) -> list[dict[str, Any]]:
+    """Every entry's tensors into ``stage``; the manifest's layers, their hashes still futures."""
+    layers = []
+    written = 0
+    previous = None                             # the last tensor's hash: done before a deferred one is read
+    for i, e in enumerate(entries):
+        meta = dict(e.meta)
+        for key, tensor in e.tensors.items():
+            suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
+            if previous is not None and isinstance(tensor.array, Deferred):
+                previous.result()
+            try:
+                data, half = file_array(tensor.array, kind, e.name)
+            except ExportError as err:
+                raise err.at(layer=e.name)
+            info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", data, kind, hasher)
+            previous = info["sha256"]
+            del data
+            if half is not None:                # a deferred weight's float16 stats, known once written
+                e.half = half
+                meta["float16"] = {"flushed_to_zero": half.flushed, "subnormal": half.subnormal}
+            if tensor.layout:
+                info = {**info, "layout": tensor.layout}
+            meta[key] = info
+            written += int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(kind).itemsize
+        layers.append(meta)
+        if progress is not None:
+            progress(i + 1, len(entries), written)
+    return layers
 
 
 def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
@@ -123,32 +187,22 @@ def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = 
     """Write every tensor and the manifest into a staged directory that then replaces ``out``.
     ``progress(entries done, entries, bytes written)`` is called after each entry."""
     stems = file_stems(entries, forge_names)
-    layers = []
-    written = 0
     try:
         if out.is_symlink():                  # replace the link's target; the link stays a link
             out = out.resolve()
-        check_out_dir(out)
-        with staged_directory(out, check=lambda _: check_out_dir(out)) as stage, \
-                ThreadPoolExecutor(max_workers=1) as hasher:                         # named as given
-            for i, e in enumerate(entries):
-                meta = dict(e.meta)
-                for key, tensor in e.tensors.items():
-                    suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
-                    info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", tensor.array, kind, hasher)
-                    if tensor.layout:
-                        info = {**info, "layout": tensor.layout}
-                    meta[key] = info
-                    written += int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(kind).itemsize
-                layers.append(meta)
-                if progress is not None:
-                    progress(i + 1, len(entries), written)
-            for meta in layers:                                   # the hashes, in entry order
-                for key in ("weights", "bias"):
-                    if key in meta:
-                        meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
-            manifest = build_manifest(graph, layers, dtype)
-            (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        # OUT's check reads and validates a previous manifest (jsonschema: 0.1 s to import): in a
+        # thread beside the writing, confirmed at the swap. What needs no manifest is checked now.
+        check_out_dir(out, validate=False)
+        with ThreadPoolExecutor(max_workers=1) as checker:
+            confirm = functools.partial(_confirm, checker.submit(check_out_dir, out))
+            with staged_directory(out, check=confirm) as stage, ThreadPoolExecutor(max_workers=1) as hasher:
+                layers = _write_entries(stage, entries, stems, dtype, hasher, progress)
+                for meta in layers:                                   # the hashes, in entry order
+                    for key in ("weights", "bias"):
+                        if key in meta:
+                            meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
+                manifest = build_manifest(graph, layers, dtype)
+                (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     except OSError as err:
         raise ExportError(f"expected a writable output directory, received {err.strerror or err}",
                           file=str(out)) from err

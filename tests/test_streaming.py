@@ -1,0 +1,255 @@
+"""Issue 11: a plain export streams. A legacy .h5's kernels stay in the file (kerasfold.deferred)
+until the writer reads, folds, lays out and rounds each in one tiled pass; the files must be the
+bytes the whole-model export writes, bad weights must give the same one line, and memory must
+hold about one layer, not the model."""
+import gc
+import json
+import os
+import tracemalloc
+
+import h5py
+import numpy as np
+import pytest
+
+import kerasfold.readers as readers
+from conftest import ROOT, run_module, snapshot
+from kerasfold.deferred import Deferred, checked, multiply64
+from kerasfold.errors import ExportError
+from kerasfold.pipeline import ExportOptions, export
+from kerasfold.readers import read_model
+from models.small import build, conv1d_bn, conv_bn_act, shared_conv
+
+RNG = np.random.default_rng(11)
+
+
+def _depthwise(k):
+    x = inp = k.Input((9, 9, 4))
+    x = k.layers.DepthwiseConv2D(3, padding="same", depth_multiplier=2, name="dw")(x)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    return k.Model(inp, k.layers.ReLU(6.0)(x))
+
+
+def _separable(k):
+    x = inp = k.Input((10, 10, 3))
+    x = k.layers.SeparableConv2D(5, 3, strides=2, padding="same", depth_multiplier=2, name="sep")(x)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    return k.Model(inp, k.layers.LeakyReLU(0.2)(x))
+
+
+def _dense(k):
+    x = inp = k.Input((4, 4, 3))
+    x = k.layers.Flatten()(x)
+    x = k.layers.Dense(7, use_bias=False, name="fc")(x)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    return k.Model(inp, k.layers.Activation("sigmoid")(x))
+
+
+def _transpose(k):
+    x = inp = k.Input((5, 5, 3))
+    x = k.layers.Conv2DTranspose(6, 3, strides=2, padding="same", name="up")(x)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    return k.Model(inp, k.layers.ReLU()(x))
+
+
+def _bn_first(k):                      # BN before a valid conv: folded forward (the kernel is read whole)
+    x = inp = k.Input((6, 6, 3))
+    x = k.layers.BatchNormalization(name="bn")(x)
+    x = k.layers.Conv2D(4, 3, padding="valid", name="conv")(x)
+    return k.Model(inp, x)
+
+
+def _grouped(k):
+    x = inp = k.Input((8, 8, 4))
+    x = k.layers.Conv2D(6, 3, padding="same", groups=2, dilation_rate=2, use_bias=False, name="conv")(x)
+    x = k.layers.BatchNormalization(name="bn")(x)
+    return k.Model(inp, k.layers.LeakyReLU(0.1)(x))
+
+
+ARCHS = {"conv_bn_act": conv_bn_act, "conv1d_bn": conv1d_bn, "shared_conv": shared_conv, "depthwise": _depthwise,
+         "separable": _separable, "dense": _dense, "transpose": _transpose, "bn_first": _bn_first,
+         "grouped": _grouped}
+
+
+def _save(arch, path, seed=0):
+    model = build(arch, seed)
+    model.save(path)                                   # Keras 3's legacy .h5
+    return model
+
+
+def _deferred(path):
+    model = read_model(path, lazy=True)
+    try:
+        return sum(isinstance(w, Deferred) for layer in model for w in layer.weights.values())
+    finally:
+        model.close()
+
+
+def _export_files(path, out, dtype, min_bytes, monkeypatch):
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", min_bytes)
+    result = export(path, out, ExportOptions(dtype=dtype))
+    return snapshot(out), result
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("name", sorted(ARCHS))
+def test_streamed_files_are_the_whole_model_exports_bytes(name, dtype, tmp_path, monkeypatch):
+    path = tmp_path / "m.h5"
+    _save(ARCHS[name], path)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    assert _deferred(path) > 0                         # every kernel deferred: the path under test runs
+    whole, whole_result = _export_files(path, tmp_path / "whole", dtype, 1 << 62, monkeypatch)
+    streamed, streamed_result = _export_files(path, tmp_path / "streamed", dtype, 0, monkeypatch)
+    assert streamed == whole
+    assert [h.line() for h in streamed_result.half] == [h.line() for h in whole_result.half]
+    if dtype == "float16":
+        assert streamed_result.half                    # float16 stats were computed for the deferred ones
+
+
+def test_the_model_file_is_closed_after_an_export(tmp_path, monkeypatch):
+    path = tmp_path / "m.h5"
+    _save(conv_bn_act, path)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    export(path, tmp_path / "out")
+    with pytest.raises(ExportError):
+        export(path, path)                             # OUT is a file: refused after the read
+    links = [os.readlink(f"/proc/self/fd/{fd}") for fd in os.listdir("/proc/self/fd")
+             if os.path.exists(f"/proc/self/fd/{fd}")]
+    assert str(path) not in links
+
+
+def _edit_kernel(path, layer, change):
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"][layer]
+        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
+                    if "kernel" in (n.decode() if isinstance(n, bytes) else n))
+        data = np.asarray(group[name][()])
+        group[name][...] = change(data)
+
+
+def _edit_bn(path, layer, variable, value):
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"][layer]
+        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
+                    if variable in (n.decode() if isinstance(n, bytes) else n))
+        group[name][...] = value
+
+
+def _nan_kernel(path):
+    _edit_kernel(path, "conv", lambda w: np.where(np.arange(w.size).reshape(w.shape) % 7 == 0, np.nan, w))
+
+
+def _huge_fold(path):                                  # finite weights whose fold leaves float32
+    _edit_kernel(path, "conv", lambda w: np.full_like(w, 3e38))
+    _edit_bn(path, "bn", "gamma", 10.0)
+    _edit_bn(path, "bn", "moving_variance", 0.0)
+
+
+def _half_overflow(path):                              # within float32, beyond float16
+    _edit_kernel(path, "conv", lambda w: w * 1e6)
+
+
+@pytest.mark.parametrize("damage,dtype", [(_nan_kernel, "float32"), (_nan_kernel, "float16"), (_huge_fold, "float32"),
+                                          (_huge_fold, "float16"), (_half_overflow, "float16")])
+def test_bad_weights_give_the_whole_model_exports_error(damage, dtype, tmp_path, monkeypatch, previous):
+    path = tmp_path / "m.h5"
+    _save(conv_bn_act, path)
+    damage(path)
+    out, before = previous
+    errors = []
+    for min_bytes in (1 << 62, 0):
+        monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", min_bytes)
+        with pytest.raises(ExportError) as err:
+            export(path, out, ExportOptions(dtype=dtype))
+        errors.append(str(err.value))
+        assert snapshot(out) == before                 # OUT as it was
+    assert errors[1] == errors[0]
+    assert str(path) in errors[0] and "layer '" in errors[0]
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []   # no staging left
+
+
+def test_a_kernel_damaged_on_disk_is_one_line_and_out_is_kept(tiny_yolo, tmp_path, previous):
+    """A compressed kernel whose chunk is damaged reads only when written: exit 2, one line."""
+    path = tmp_path / "damaged.h5"
+    path.write_bytes(tiny_yolo["keras2-h5"].read_bytes())
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"]["conv2d_9"]
+        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"])
+        kernel = np.asarray(group[name][()])
+        del group[name]
+        group.create_dataset(name, data=kernel, chunks=kernel.shape, compression="gzip")
+        offset = group[name].id.get_chunk_info(0).byte_offset
+    with open(path, "r+b") as f:
+        f.seek(offset + 64)
+        f.write(bytes(range(256)) * 16)
+    out, before = previous
+    proc = run_module("kerasfold.yolo2metal", str(path), str(out))
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "expected a readable" in lines[0] and str(path) in lines[0], proc.stderr
+    assert snapshot(out) == before
+
+
+def _big(k):
+    x = inp = k.Input((4, 4, 256))
+    for i in range(6):
+        x = k.layers.Conv2D(256, 3, padding="same", use_bias=False, name=f"conv{i}")(x)
+        x = k.layers.BatchNormalization(name=f"bn{i}")(x)
+        x = k.layers.LeakyReLU(0.1)(x)
+    return k.Model(inp, x)
+
+
+def _peak(path, out):
+    gc.collect()
+    tracemalloc.start()
+    try:
+        export(path, out)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_streamed_export_holds_about_one_layer(tmp_path, monkeypatch):
+    path = tmp_path / "big.h5"
+    _save(_big, path)
+    layer = 3 * 3 * 256 * 256 * 4                      # 2.4 MB a kernel, 14 MB the model
+    streamed = _peak(path, tmp_path / "a")
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 1 << 62)
+    whole = _peak(path, tmp_path / "b")
+    assert whole > 6 * layer                           # the measure sees every kernel held at once
+    assert streamed < 3.5 * layer, (streamed / layer, whole / layer)
+
+
+def test_deferred_steps_are_numpys():
+    a = RNG.normal(size=(3, 2, 4, 5)).astype(np.float32)
+    d = Deferred(lambda: a, a.shape, a.dtype)
+    s = RNG.normal(size=5)
+    cases = [
+        (d.transpose(3, 0, 1, 2), a.transpose(3, 0, 1, 2)),
+        (d.T, a.T),
+        (d[None], a[None]),
+        (d.reshape(3, 2, 20), a.reshape(3, 2, 20)),
+        (multiply64(d, s.reshape(1, 1, 1, 5)).transpose(3, 0, 1, 2),
+         np.multiply(a, s.reshape(1, 1, 1, 5), dtype=np.float64).transpose(3, 0, 1, 2)),
+        (multiply64(d.reshape(3, 2, 20), np.arange(20.0)).reshape(3, 2, 4, 5).transpose(2, 3, 0, 1).reshape(20, 3, 2),
+         np.multiply(a.reshape(3, 2, 20), np.arange(20.0), dtype=np.float64).reshape(3, 2, 4, 5)
+         .transpose(2, 3, 0, 1).reshape(20, 3, 2)),
+    ]
+    for lazy, eager in cases:
+        assert lazy.shape == eager.shape and lazy.dtype == eager.dtype
+        got = np.asarray(lazy)
+        assert got.dtype == eager.dtype and got.tobytes() == np.ascontiguousarray(eager).tobytes()
+    with pytest.raises(TypeError):
+        d[0]
+
+
+def test_deferred_checks_run_where_they_were_recorded():
+    a = np.array([[1.0, 2.0], [3.0, np.inf]], np.float32)
+    seen = []
+    d = checked(Deferred(lambda: a, a.shape, a.dtype), lambda v: seen.append(("raw", v.dtype.name, v.shape)))
+    d = checked(multiply64(d, np.array([2.0, 0.0])).T, lambda v: seen.append(("folded", v.dtype.name, v.shape)))
+    assert seen == []                                  # recorded, not run
+    values = d.run_checks()
+    assert seen == [("raw", "float32", (2, 2)), ("folded", "float64", (2, 2))]
+    assert np.isnan(values[1, 1]) and values[0, 1] == 6.0
+    eager = np.ones(2)
+    assert checked(eager, lambda v: seen.append("now")) is eager and seen[-1] == "now"

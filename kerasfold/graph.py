@@ -8,7 +8,7 @@ record: the BatchNormalizations folded into it and the nodes fused into it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from .ops import Op
 
@@ -34,9 +34,15 @@ class Node:
 @dataclass
 class SourceInfo:
     file: str
-    sha256: str
+    digest: str | Callable[[], str]   # hex sha256, or how to get it (its hashing runs beside the export)
     keras_version: str
     flavour: str                   # "keras2-h5", "keras3-h5" or "keras"
+
+    @property
+    def sha256(self) -> str:
+        if not isinstance(self.digest, str):
+            self.digest = self.digest()
+        return self.digest
 
 
 @dataclass

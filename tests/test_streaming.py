@@ -3,6 +3,7 @@ until the writer reads, folds, lays out and rounds each in one tiled pass; the f
 bytes the whole-model export writes, bad weights must give the same one line, and memory must
 hold about one layer, not the model."""
 import gc
+import hashlib
 import json
 import os
 import tracemalloc
@@ -100,6 +101,7 @@ def test_streamed_files_are_the_whole_model_exports_bytes(name, dtype, tmp_path,
     whole, whole_result = _export_files(path, tmp_path / "whole", dtype, 1 << 62, monkeypatch)
     streamed, streamed_result = _export_files(path, tmp_path / "streamed", dtype, 0, monkeypatch)
     assert streamed == whole
+    assert json.loads(streamed["manifest.json"])["source"]["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
     assert [h.line() for h in streamed_result.half] == [h.line() for h in whole_result.half]
     if dtype == "float16":
         assert streamed_result.half                    # float16 stats were computed for the deferred ones

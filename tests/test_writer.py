@@ -44,7 +44,7 @@ def test_safe_name_rules():
 
 def _graph():
     return Graph(inputs={"image": (1, 1, 2)}, nodes={}, outputs=[],
-                 source=SourceInfo(file="m.h5", sha256="0" * 64, keras_version="3", flavour="keras3-h5"))
+                 source=SourceInfo(file="m.h5", digest="0" * 64, keras_version="3", flavour="keras3-h5"))
 
 
 NASTY = ["a/b", "a_b", "..", ".", "Conv", "conv", "CONV", "café", "卷积", "层一", "../../escape", "/abs", ""]

@@ -10,6 +10,7 @@ import json
 import re
 import zipfile
 import zlib
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,6 +71,15 @@ def damaged_file_errors() -> Iterator[None]:
 # kernels (what kinds and passes only reshape, transpose and scale), from this size on.
 DEFERRED = frozenset({"kernel", "depthwise_kernel", "pointwise_kernel"})
 DEFERRED_MIN_BYTES = 1 << 20
+
+
+def _digest(future: Future[str], path: str) -> str:
+    """The source's sha256 from the thread hashing it; its errors as the read's."""
+    try:
+        with damaged_file_errors():
+            return future.result()
+    except ExportError as err:
+        raise err.at(file=path)
 
 
 def _read_dataset(dataset: h5py.Dataset, path: str) -> np.ndarray:
@@ -270,16 +280,25 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
             raise ExportError("expected an HDF5 (.h5) or zip (.keras) file, received "
                               + (f"a file starting with {head!r}" if head else "an empty file"))
         # The source's hash overlaps the read (hashlib releases the GIL). It starts once the
-        # probe's fork is done: a process is never forked while this thread runs.
-        with ThreadPoolExecutor(max_workers=1) as worker, damaged_file_errors():
-            digest: list[Future[str]] = []
-            _config, version, flavour, nodes, ins, outs, close = reader(
-                path, lambda: digest.append(worker.submit(file_sha256, path)), lazy)
-            try:
-                sha256 = (digest[0] if digest else worker.submit(file_sha256, path)).result()
-            except BaseException:
-                close()
-                raise
+        # probe's fork is done: a process is never forked while this thread runs. A lazy read
+        # leaves it running beside the export (the manifest asks for it last).
+        worker = ThreadPoolExecutor(max_workers=1)
+        digest: list[Future[str]] = []
+        try:
+            with damaged_file_errors():
+                _config, version, flavour, nodes, ins, outs, close = reader(
+                    path, lambda: digest.append(worker.submit(file_sha256, path)), lazy)
+            if not digest:
+                digest.append(worker.submit(file_sha256, path))
+            sha256: str | Callable[[], str] = functools.partial(_digest, digest[0], str(path))
+            if not lazy:
+                try:
+                    sha256 = sha256()
+                except BaseException:
+                    close()
+                    raise
+        finally:
+            worker.shutdown(wait=not lazy)
         try:
             _check_arrays(nodes)
         except ExportError:
@@ -287,5 +306,13 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
             raise
     except ExportError as err:
         raise err.at(file=str(path))
-    source = SourceInfo(file=path.name, sha256=sha256, keras_version=version, flavour=flavour)
-    return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source, close=close)
+    source = SourceInfo(file=path.name, digest=sha256, keras_version=version, flavour=flavour)
+    return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source,
+                 close=functools.partial(_close, close, digest[0]))
+
+
+def _close(close: Callable[[], None], digest: Future[str]) -> None:
+    """Close the file deferred weights read from, and let the source's hashing end (an export that
+    failed early does not ask for it; no later read may fork while it runs)."""
+    close()
+    futures.wait([digest])

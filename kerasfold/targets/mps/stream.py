@@ -1,42 +1,59 @@
-"""One tensor's file bytes, computed when it is written: an array as it is, or a deferred weight
-(``kerasfold.deferred``) read, folded, laid out and rounded in one tiled pass.
+"""One tensor's file bytes, computed as they are written: an array as it is, or a deferred weight
+(``kerasfold.deferred``) read, folded, laid out and rounded in one tiled pass, block by block.
 
 A deferred weight's checks (finite weights, a fold within float32, float16's range) run only when
-the bytes it gives are not all finite: a finite result means every check passes. Then the same
-errors are raised, in the same order, as an export that computed the values first.
+a block is not all finite: a finite result means every check passes. Then the same errors are
+raised, in the same order, as an export that computed the values first.
 """
 from __future__ import annotations
+
+from typing import Iterator
 
 import numpy as np
 
 from ...deferred import Deferred
 from .float16 import HalfStats, half_stats
-from .strips import contiguous, scaled_contiguous
+from .strips import contiguous, slabs
 
 _HALF_EXPONENT = 0x7C00          # float16 bits: an exponent field of zero means zero or subnormal
 _HALF_MAGNITUDE = 0x7FFF
 
 
-def file_array(array: np.ndarray | Deferred, dtype: str, layer: str) -> tuple[np.ndarray, HalfStats | None]:
-    """(C-contiguous little-endian array of ``dtype``, what float16 did to it: None for an array
-    given as it is, whose stats the entry already holds)."""
-    dtype_le = np.dtype(dtype).newbyteorder("<")
-    if not isinstance(array, Deferred):
-        return contiguous(array, dtype_le), None
-    value, factor = array.parts()
-    with np.errstate(over="ignore", invalid="ignore"):   # beyond the range: the checks below say so
-        if factor is None:
-            out = contiguous(value, dtype_le)
-            nonzero = int(np.count_nonzero(value)) if dtype_le.itemsize == 2 else 0
-        else:
-            out, nonzero = scaled_contiguous(value, factor, dtype_le, count=dtype_le.itemsize == 2)
-    del value, factor                                   # the stored array: freed before the next layer
-    if not np.isfinite(out).all():
-        values = array.run_checks()                     # raises what the eager export raised
-        if dtype_le.itemsize == 2:
-            half_stats(layer, values)                   # raises when float16 overflows
-    if dtype_le.itemsize != 2:
-        return out, None
-    bits = out.view(np.uint16) & _HALF_MAGNITUDE
-    subnormal = int(np.count_nonzero((bits != 0) & ((bits & _HALF_EXPONENT) == 0)))
-    return out, HalfStats(layer, int(out.size), nonzero - int(np.count_nonzero(bits)), subnormal)
+class FileTensor:
+    """The bytes of ``array`` in ``dtype`` (little-endian, C order) as :meth:`blocks`; for a
+    deferred float16 weight, :attr:`half` holds what float16 did to it once every block is out
+    (an array given as it is has its stats in its entry already)."""
+
+    def __init__(self, array: np.ndarray | Deferred, dtype: str, layer: str):
+        self.array, self.layer = array, layer
+        self.dtype = np.dtype(dtype).newbyteorder("<")
+        self.shape = tuple(array.shape)
+        self.half: HalfStats | None = None
+
+    def blocks(self) -> Iterator[np.ndarray]:
+        if not isinstance(self.array, Deferred):
+            yield contiguous(self.array, self.dtype)
+            return
+        half = self.dtype.itemsize == 2
+        value, factor = self.array.parts()
+        nonzero = kept = subnormal = 0
+        checked = False
+        with np.errstate(over="ignore", invalid="ignore"):   # beyond the range: the checks say so
+            for block, count in slabs(value, self.dtype, factor, count=half):
+                if not checked and not np.isfinite(block).all():
+                    self._raise()
+                    checked = True                           # nothing raised: as the eager export
+                if half:
+                    bits = block.view(np.uint16) & _HALF_MAGNITUDE
+                    nonzero += count
+                    kept += int(np.count_nonzero(bits))
+                    subnormal += int(np.count_nonzero((bits != 0) & ((bits & _HALF_EXPONENT) == 0)))
+                yield block
+        if half:
+            self.half = HalfStats(self.layer, int(np.prod(self.shape, dtype=np.int64)), nonzero - kept, subnormal)
+
+    def _raise(self) -> None:
+        """The deferred weight's checks on its values, then float16's range: what the eager export raised."""
+        values = self.array.run_checks()
+        if self.dtype.itemsize == 2:
+            half_stats(self.layer, values)

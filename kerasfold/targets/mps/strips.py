@@ -1,5 +1,6 @@
 """An array view (a layout's transpose) made contiguous in the file's dtype, in one tiled pass;
-with a per-channel factor, the BatchNormalization fold is computed in the same pass.
+with a per-channel factor, the BatchNormalization fold is computed in the same pass; in blocks of
+output rows (:func:`slabs`), so that the file is written while it is computed.
 
 numpy copies a transposed view element by element in the destination's order, reading the source
 with a stride of a whole row: 0.5 GB/s on a 3x3x512x1024 kernel. Copying it as 2-D slices of
@@ -70,3 +71,20 @@ def scaled_contiguous(view: np.ndarray, factor: np.ndarray, dtype: np.dtype | st
                 nonzero += int(np.count_nonzero(product))
             np.copyto(dst[rows, cols], product, casting="same_kind")
     return out, nonzero
+
+
+def slabs(view: np.ndarray, dtype: np.dtype | str, factor: np.ndarray | None = None,
+          count: bool = False, rows: int = TILE) -> Iterator[tuple[np.ndarray, int]]:
+    """``view`` (times ``factor`` in float64, when given) in ``dtype`` and C order, as C-contiguous
+    blocks of up to ``rows`` along the first axis (the file's bytes, in order), each with how many
+    of its values are nonzero before rounding (``count``; else 0). For a kernel in OHWI, a block is
+    ``rows`` output channels: the writer writes and hashes one while the next is computed."""
+    dtype = np.dtype(dtype)
+    if view.ndim < 2 or view.size == 0:
+        rows = max(1, len(view))
+    for start in range(0, max(1, len(view)), rows):
+        part = view[start:start + rows]
+        if factor is not None:
+            yield scaled_contiguous(part, factor[start:start + rows], dtype, count)
+        else:
+            yield contiguous(part, dtype), int(np.count_nonzero(part)) if count else 0

@@ -6,20 +6,21 @@ import hashlib
 import json
 import os
 import re
+from collections import deque
+from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
 from ... import FORMAT_NAME, FORMAT_VERSION, __version__
-from ...deferred import Deferred
 from ...errors import ExportError
 from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
 from .schema import MANIFEST, read_manifest
-from .stream import file_array
+from .stream import FileTensor
 
 Progress = Callable[[int, int, int], None]
 
@@ -59,18 +60,38 @@ def file_stems(entries: list[Entry], forge_names: bool) -> dict[str, str]:
     return stems
 
 
-def _sha256(data: memoryview) -> str:
-    return hashlib.sha256(data).hexdigest()
+MAX_IN_FLIGHT = 2                               # blocks handed to the writing thread, not written yet
 
 
-def _write_tensor(path: Path, data: np.ndarray, dtype: str, hasher: ThreadPoolExecutor) -> dict[str, Any]:
-    """Raw little-endian C-order bytes, written from the array's own buffer while a worker thread
-    hashes the same buffer (hashlib releases the GIL)."""
-    view = memoryview(data).cast("B")
-    digest = hasher.submit(_sha256, view)
-    with open(path, "wb") as f:
-        f.write(view)
-    return {"file": path.name, "shape": list(data.shape), "dtype": dtype, "sha256": digest}
+def _put(f: BinaryIO, digest: Any, data: memoryview) -> None:
+    f.write(data)
+    digest.update(data)                         # hashlib releases the GIL for large buffers
+
+
+def _finish(f: BinaryIO, digest: Any) -> str:
+    f.close()
+    return digest.hexdigest()
+
+
+def _write_tensor(path: Path, tensor: FileTensor, writer: ThreadPoolExecutor,
+                  in_flight: deque[Future]) -> dict[str, Any]:
+    """The tensor's blocks written and hashed in order by the ``writer`` thread while the next
+    ones are computed; at most :data:`MAX_IN_FLIGHT` wait in ``in_flight``. The entry's
+    ``sha256`` is a future."""
+    f = open(path, "wb")
+    digest = hashlib.sha256()
+    try:
+        for block in tensor.blocks():
+            in_flight.append(writer.submit(_put, f, digest, memoryview(block).cast("B")))
+            while len(in_flight) > MAX_IN_FLIGHT:
+                in_flight.popleft().result()
+    except BaseException:
+        futures.wait(in_flight)                 # nothing writes into f any more
+        in_flight.clear()
+        f.close()
+        raise
+    return {"file": path.name, "shape": list(tensor.shape), "dtype": tensor.dtype.name,
+            "sha256": writer.submit(_finish, f, digest)}
 
 
 def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> dict[str, Any]:
@@ -151,27 +172,23 @@ def _confirm(checked: Future, out: Path) -> None:
 
 
 def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dtype: str,
-                   hasher: ThreadPoolExecutor, progress: Progress | None) -> list[dict[str, Any]]:
+                   writer: ThreadPoolExecutor, progress: Progress | None) -> list[dict[str, Any]]:
     """Every entry's tensors into ``stage``; the manifest's layers, their hashes still futures."""
     layers = []
     written = 0
-    previous = None                             # the last tensor's hash: done before a deferred one is read
+    in_flight: deque[Future] = deque()
     for i, e in enumerate(entries):
         meta = dict(e.meta)
         for key, tensor in e.tensors.items():
             suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
-            if previous is not None and isinstance(tensor.array, Deferred):
-                previous.result()
+            data = FileTensor(tensor.array, kind, e.name)
             try:
-                data, half = file_array(tensor.array, kind, e.name)
+                info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", data, writer, in_flight)
             except ExportError as err:
                 raise err.at(layer=e.name)
-            info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", data, kind, hasher)
-            previous = info["sha256"]
-            del data
-            if half is not None:                # a deferred weight's float16 stats, known once written
-                e.half = half
-                meta["float16"] = {"flushed_to_zero": half.flushed, "subnormal": half.subnormal}
+            if data.half is not None:           # a deferred weight's float16 stats, known once written
+                e.half = data.half
+                meta["float16"] = {"flushed_to_zero": data.half.flushed, "subnormal": data.half.subnormal}
             if tensor.layout:
                 info = {**info, "layout": tensor.layout}
             meta[key] = info
@@ -179,6 +196,8 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
         layers.append(meta)
         if progress is not None:
             progress(i + 1, len(entries), written)
+    for put in in_flight:                       # the last blocks' writes: their errors are the export's
+        put.result()
     return layers
 
 
@@ -195,8 +214,8 @@ def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = 
         check_out_dir(out, validate=False)
         with ThreadPoolExecutor(max_workers=1) as checker:
             confirm = functools.partial(_confirm, checker.submit(check_out_dir, out))
-            with staged_directory(out, check=confirm) as stage, ThreadPoolExecutor(max_workers=1) as hasher:
-                layers = _write_entries(stage, entries, stems, dtype, hasher, progress)
+            with staged_directory(out, check=confirm) as stage, ThreadPoolExecutor(max_workers=1) as writer:
+                layers = _write_entries(stage, entries, stems, dtype, writer, progress)
                 for meta in layers:                                   # the hashes, in entry order
                     for key in ("weights", "bias"):
                         if key in meta:

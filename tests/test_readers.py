@@ -218,3 +218,37 @@ def test_keras_zip_without_layer_names_in_vars(tiny_yolo, tmp_path):
         assert sorted(g[n.name].weights) == sorted(n.weights), n.name
         for k, w in n.weights.items():
             np.testing.assert_array_equal(g[n.name].weights[k], w)
+
+
+def test_the_source_is_hashed_beside_the_probe_and_never_while_forking(tiny_yolo, monkeypatch):
+    """The source's sha256 starts once the probe's child is forked (so it overlaps the child's walk),
+    and no thread of ours runs while the probe forks."""
+    import os
+    import threading
+    import time
+
+    import kerasfold.readers as readers
+    from kerasfold.readers import hdf5
+    events, threads_at_fork = [], []
+    real_fork, real_hash, real_probe = os.fork, readers.file_sha256, readers.probe
+
+    def fork():
+        threads_at_fork.append(threading.active_count())
+        return real_fork()
+
+    def file_sha256(path):
+        events.append(("hash starts", time.perf_counter()))
+        return real_hash(path)
+
+    def probe(*args, **kwargs):
+        real_probe(*args, **kwargs)
+        events.append(("probe returns", time.perf_counter()))
+    monkeypatch.setattr(hdf5.os, "fork", fork)
+    monkeypatch.setattr(readers, "file_sha256", file_sha256)
+    monkeypatch.setattr(readers, "probe", probe)
+    before = threading.active_count()
+    model = readers.read_model(tiny_yolo["keras2-h5"])
+    model.close()
+    assert len(threads_at_fork) == 1 and threads_at_fork[0] <= before      # none started by the read yet
+    assert [name for name, _ in sorted(events, key=lambda e: e[1])] == ["hash starts", "probe returns"]
+    assert model.source.sha256 == hashlib.sha256(tiny_yolo["keras2-h5"].read_bytes()).hexdigest()

@@ -203,8 +203,7 @@ Read = tuple[Any, str, str, list[Node], list[str], list[str], Callable[[], None]
 
 
 def _read_h5(path: Path, probed: Probed, lazy: bool) -> Read:
-    probe(lambda: h5py.File(path, "r"))
-    probed()
+    probe(lambda: h5py.File(path, "r"), forked=probed)
     f = h5py.File(path, "r")
     try:
         if "model_config" not in f.attrs:
@@ -252,8 +251,7 @@ def _read_keras(path: Path, probed: Probed, lazy: bool) -> Read:
             raise ExportError(f"expected metadata.json as an object, received {type(meta).__name__}")
         weights = _member(z, "model.weights.h5")
     nodes, ins, outs = parse_model_config(config)
-    probe(lambda: h5py.File(io.BytesIO(weights), "r"))
-    probed()
+    probe(lambda: h5py.File(io.BytesIO(weights), "r"), forked=probed)
     with h5py.File(io.BytesIO(weights), "r") as f:
         _keras_weights(f, nodes, config)
     return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs, _nothing
@@ -279,8 +277,8 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
         else:
             raise ExportError("expected an HDF5 (.h5) or zip (.keras) file, received "
                               + (f"a file starting with {head!r}" if head else "an empty file"))
-        # The source's hash overlaps the read (hashlib releases the GIL). It starts once the
-        # probe's fork is done: a process is never forked while this thread runs. A lazy read
+        # The source's hash overlaps the probe and the read (hashlib releases the GIL). It starts
+        # once the probe has forked: a process is never forked while this thread runs. A lazy read
         # leaves it running beside the export (the manifest asks for it last).
         worker = ThreadPoolExecutor(max_workers=1)
         digest: list[Future[str]] = []

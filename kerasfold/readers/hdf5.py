@@ -45,11 +45,15 @@ def _walk(f: h5py.File) -> None:
     f.visititems(visit)
 
 
-def probe(open_file: Callable[[], h5py.File], seconds: float | None = None) -> None:
+def probe(open_file: Callable[[], h5py.File], seconds: float | None = None,
+          forked: Callable[[], None] | None = None) -> None:
     """Raise :class:`ExportError` when walking the file opened by ``open_file`` hangs or crashes.
-    Any Python-level error is left to the real read, which reports it precisely. No-op where
-    ``os.fork`` is missing (Windows)."""
+    Any Python-level error is left to the real read, which reports it precisely. ``forked`` is
+    called once the child is forked (or at once where ``os.fork`` is missing: Windows, where the
+    probe is a no-op), to start work beside the wait; no thread runs while forking."""
     if not hasattr(os, "fork"):
+        if forked is not None:
+            forked()
         return
     seconds = PROBE_SECONDS if seconds is None else seconds
     done_r, done_w = os.pipe()                         # EOF on done_r: the child has ended
@@ -70,6 +74,8 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None) -> N
         os._exit(code)
     os.close(done_w)
     try:
+        if forked is not None:
+            forked()
         ended, _, _ = select.select([done_r], [], [], seconds)
     finally:
         os.close(done_r)

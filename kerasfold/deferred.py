@@ -28,6 +28,12 @@ class Deferred:
     dtype: np.dtype
     steps: tuple[tuple[str, Any], ...] = ()   # ("reshape", shape) | ("transpose", axes) | ("scale", factor)
     checks: tuple[tuple[int, Check], ...] = ()  # (steps done before it, check on the values then)
+    read_into: Callable[[np.ndarray], None] | None = None   # the stored array into a given one
+    stored: tuple[tuple[int, ...], np.dtype] | None = None  # its shape and dtype (set at creation)
+
+    def __post_init__(self) -> None:
+        if self.stored is None:
+            object.__setattr__(self, "stored", (tuple(self.shape), np.dtype(self.dtype)))
 
     @property
     def ndim(self) -> int:
@@ -84,11 +90,17 @@ class Deferred:
             return value, np.broadcast_to(arg, value.shape)
         return np.multiply(value, factor, dtype=np.float64), np.broadcast_to(arg, value.shape)
 
-    def parts(self) -> tuple[np.ndarray, np.ndarray | None]:
+    def parts(self, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(values, factor): views whose float64 product is the weight (factor None: the values
-        are the weight). Reading the stored array is the only full-size allocation, unless the
-        steps hold two scales (then the first product is computed)."""
-        value, factor = self.read(), None
+        are the weight). Reading the stored array is the only full-size allocation (into
+        ``scratch``'s memory when given), unless the steps hold two scales (then the first
+        product is computed)."""
+        if scratch is not None and self.read_into is not None:
+            value = scratch.array(*self.stored)
+            self.read_into(value)
+        else:
+            value = self.read()
+        factor = None
         for step in self.steps:
             value, factor = self._apply(value, factor, step)
         return value, factor
@@ -115,6 +127,20 @@ class Deferred:
 
     def astype(self, dtype: Any) -> np.ndarray:
         return np.asarray(self).astype(dtype)
+
+
+class Scratch:
+    """One block of memory reused for every stored array read in turn (no fresh pages to fault
+    in for each layer): :meth:`array` is valid until the next call."""
+
+    def __init__(self) -> None:
+        self._memory = np.empty(0, np.uint8)
+
+    def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        if self._memory.size < nbytes:
+            self._memory = np.empty(nbytes, np.uint8)
+        return self._memory[:nbytes].view(dtype).reshape(shape)
 
 
 def multiply64(array: np.ndarray | Deferred, factor: np.ndarray) -> np.ndarray | Deferred:

@@ -275,3 +275,19 @@ def test_blocks_are_the_whole_files_bytes(shape, axes, dtype):
             assert all(b.flags.c_contiguous and b.dtype == np.dtype(dtype) for b, _ in blocks)
             assert b"".join(b.tobytes() for b, _ in blocks) == np.ascontiguousarray(want, dtype).tobytes()
             assert sum(n for _, n in blocks) == nonzero
+
+
+def test_blocks_never_point_into_the_reused_read_memory():
+    """Kernels are read into one reused block of memory; a block the writer still holds (a layout
+    that is the identity gives the read itself) must not change when the next kernel is read."""
+    from kerasfold.deferred import Scratch
+    from kerasfold.targets.mps.stream import FileTensor
+    scratch = Scratch()
+    first, second = (RNG.normal(size=(300, 10)).astype(np.float32) for _ in range(2))
+
+    def stored(a):
+        return Deferred(lambda: a.copy(), a.shape, a.dtype, read_into=lambda out: np.copyto(out, a))
+    held = list(FileTensor(stored(first), "float32", "a", scratch).blocks())
+    again = list(FileTensor(stored(second), "float32", "b", scratch).blocks())
+    assert b"".join(b.tobytes() for b in held) == first.tobytes()
+    assert b"".join(b.tobytes() for b in again) == second.tobytes()

@@ -90,11 +90,20 @@ def _read_dataset(dataset: h5py.Dataset, path: str) -> np.ndarray:
         raise err.at(file=path)
 
 
+def _read_dataset_into(dataset: h5py.Dataset, path: str, out: np.ndarray) -> None:
+    try:
+        with damaged_file_errors():
+            dataset.read_direct(out)
+    except ExportError as err:
+        raise err.at(file=path)
+
+
 def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Deferred:
     if (lazy and name in DEFERRED and dataset.dtype.kind == "f" and dataset.ndim >= 2
             and dataset.size * dataset.dtype.itemsize >= DEFERRED_MIN_BYTES):
-        return Deferred(functools.partial(_read_dataset, dataset, dataset.file.filename),
-                        tuple(dataset.shape), np.dtype(dataset.dtype))
+        path = dataset.file.filename
+        return Deferred(functools.partial(_read_dataset, dataset, path), tuple(dataset.shape),
+                        np.dtype(dataset.dtype), read_into=functools.partial(_read_dataset_into, dataset, path))
     return np.asarray(dataset[()])
 
 

@@ -22,10 +22,11 @@ _HALF_MAGNITUDE = 0x7FFF
 class FileTensor:
     """The bytes of ``array`` in ``dtype`` (little-endian, C order) as :meth:`blocks`; for a
     deferred float16 weight, :attr:`half` holds what float16 did to it once every block is out
-    (an array given as it is has its stats in its entry already)."""
+    (an array given as it is has its stats in its entry already). A deferred weight is read into
+    ``scratch``'s memory when given (the blocks never point into it)."""
 
-    def __init__(self, array: np.ndarray | Deferred, dtype: str, layer: str):
-        self.array, self.layer = array, layer
+    def __init__(self, array: np.ndarray | Deferred, dtype: str, layer: str, scratch: Scratch | None = None):
+        self.array, self.layer, self.scratch = array, layer, scratch
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.shape = tuple(array.shape)
         self.half: HalfStats | None = None
@@ -35,7 +36,7 @@ class FileTensor:
             yield contiguous(self.array, self.dtype)
             return
         half = self.dtype.itemsize == 2
-        value, factor = self.array.parts()
+        value, factor = self.array.parts(self.scratch)
         nonzero = kept = subnormal = 0
         checked = False
         with np.errstate(over="ignore", invalid="ignore"):   # beyond the range: the checks say so
@@ -43,6 +44,8 @@ class FileTensor:
                 if not checked and not np.isfinite(block).all():
                     self._raise()
                     checked = True                           # nothing raised: as the eager export
+                if np.may_share_memory(block, value):        # the read itself (no layout, no cast):
+                    block = block.copy()                     # the next read reuses its memory
                 if half:
                     bits = block.view(np.uint16) & _HALF_MAGNITUDE
                     nonzero += count

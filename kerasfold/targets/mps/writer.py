@@ -15,6 +15,7 @@ from typing import Any, BinaryIO, Callable
 import numpy as np
 
 from ... import FORMAT_NAME, FORMAT_VERSION, __version__
+from ...deferred import Scratch
 from ...errors import ExportError
 from ...graph import Graph
 from .atomic import staged_directory
@@ -177,11 +178,12 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
     layers = []
     written = 0
     in_flight: deque[Future] = deque()
+    scratch = Scratch()                         # every deferred kernel is read into the same memory
     for i, e in enumerate(entries):
         meta = dict(e.meta)
         for key, tensor in e.tensors.items():
             suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
-            data = FileTensor(tensor.array, kind, e.name)
+            data = FileTensor(tensor.array, kind, e.name, scratch)
             try:
                 info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", data, writer, in_flight)
             except ExportError as err:

@@ -158,20 +158,43 @@ def test_failed_export_leaves_previous_out(previous, tiny_yolo, tmp_path, bad):
 
 def test_failure_while_writing_leaves_previous_out(previous, tiny_yolo, tmp_path, monkeypatch):
     """An error in the middle of writing files: OUT keeps the previous export, no staging left."""
-    import kerasfold.targets.mps.writer as writer
+    import kerasfold.targets.mps.files as files
     from kerasfold.errors import ExportError
     out, before = previous
-    real, calls = writer._write_tensor, []
+    real, calls = files._put, []
 
-    def failing(path, array, dtype, hasher):
-        calls.append(path)
+    def failing(f, digest, data):                # the writing thread's fifth block
+        calls.append(f.name)
         if len(calls) == 5:
             raise OSError(28, "No space left on device")
-        return real(path, array, dtype, hasher)
-    monkeypatch.setattr(writer, "_write_tensor", failing)
+        return real(f, digest, data)
+    monkeypatch.setattr(files, "_put", failing)
     with pytest.raises(ExportError, match="No space left"):
         export(tiny_yolo["keras2-h5"], out)
-    assert len(calls) == 5
+    assert len(calls) >= 5
+    assert snapshot(out) == before
+    assert _files(tmp_path) == ["out"]
+
+
+def test_a_failed_sync_of_a_finished_file_fails_the_export(previous, tiny_yolo, tmp_path, monkeypatch):
+    """Files are synced as they are finished, beside the export; an fsync error is reported once
+    by the kernel, so that sync's error is the export's: OUT keeps the previous export."""
+    import errno
+
+    import kerasfold.targets.mps.files as files
+    from kerasfold.errors import ExportError
+    out, before = previous
+    real, synced = files.os.fsync, []
+
+    def fsync(fd):
+        synced.append(fd)
+        if len(synced) == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real(fd)
+    monkeypatch.setattr(files.os, "fsync", fsync)
+    with pytest.raises(ExportError, match="Input/output error"):
+        export(tiny_yolo["keras2-h5"], out)
+    assert len(synced) >= 3
     assert snapshot(out) == before
     assert _files(tmp_path) == ["out"]
 

@@ -6,11 +6,9 @@ import hashlib
 import json
 import os
 import re
-from collections import deque
-from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -21,6 +19,7 @@ from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
 from .schema import MANIFEST, read_manifest
+from .files import TensorFiles
 from .stream import FileTensor
 
 Progress = Callable[[int, int, int], None]
@@ -59,40 +58,6 @@ def file_stems(entries: list[Entry], forge_names: bool) -> dict[str, str]:
         if e.name not in stems:
             stems[e.name] = safe_name(e.name, taken)
     return stems
-
-
-MAX_IN_FLIGHT = 2                               # blocks handed to the writing thread, not written yet
-
-
-def _put(f: BinaryIO, digest: Any, data: memoryview) -> None:
-    f.write(data)
-    digest.update(data)                         # hashlib releases the GIL for large buffers
-
-
-def _finish(f: BinaryIO, digest: Any) -> str:
-    f.close()
-    return digest.hexdigest()
-
-
-def _write_tensor(path: Path, tensor: FileTensor, writer: ThreadPoolExecutor,
-                  in_flight: deque[Future]) -> dict[str, Any]:
-    """The tensor's blocks written and hashed in order by the ``writer`` thread while the next
-    ones are computed; at most :data:`MAX_IN_FLIGHT` wait in ``in_flight``. The entry's
-    ``sha256`` is a future."""
-    f = open(path, "wb")
-    digest = hashlib.sha256()
-    try:
-        for block in tensor.blocks():
-            in_flight.append(writer.submit(_put, f, digest, memoryview(block).cast("B")))
-            while len(in_flight) > MAX_IN_FLIGHT:
-                in_flight.popleft().result()
-    except BaseException:
-        futures.wait(in_flight)                 # nothing writes into f any more
-        in_flight.clear()
-        f.close()
-        raise
-    return {"file": path.name, "shape": list(tensor.shape), "dtype": tensor.dtype.name,
-            "sha256": writer.submit(_finish, f, digest)}
 
 
 def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> dict[str, Any]:
@@ -173,11 +138,10 @@ def _confirm(checked: Future, out: Path) -> None:
 
 
 def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dtype: str,
-                   writer: ThreadPoolExecutor, progress: Progress | None) -> list[dict[str, Any]]:
+                   files: TensorFiles, progress: Progress | None) -> list[dict[str, Any]]:
     """Every entry's tensors into ``stage``; the manifest's layers, their hashes still futures."""
     layers = []
     written = 0
-    in_flight: deque[Future] = deque()
     scratch = Scratch()                         # every deferred kernel is read into the same memory
     for i, e in enumerate(entries):
         meta = dict(e.meta)
@@ -185,7 +149,7 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
             suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
             data = FileTensor(tensor.array, kind, e.name, scratch)
             try:
-                info = _write_tensor(stage / f"{stems[e.name]}{suffix}.bin", data, writer, in_flight)
+                info = files.write(stage / f"{stems[e.name]}{suffix}.bin", data.blocks(), data.shape, data.dtype)
             except ExportError as err:
                 raise err.at(layer=e.name)
             if data.half is not None:           # a deferred weight's float16 stats, known once written
@@ -198,8 +162,6 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
         layers.append(meta)
         if progress is not None:
             progress(i + 1, len(entries), written)
-    for put in in_flight:                       # the last blocks' writes: their errors are the export's
-        put.result()
     return layers
 
 
@@ -216,8 +178,9 @@ def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = 
         check_out_dir(out, validate=False)
         with ThreadPoolExecutor(max_workers=1) as checker:
             confirm = functools.partial(_confirm, checker.submit(check_out_dir, out))
-            with staged_directory(out, check=confirm) as stage, ThreadPoolExecutor(max_workers=1) as writer:
-                layers = _write_entries(stage, entries, stems, dtype, writer, progress)
+            with staged_directory(out, check=confirm) as stage:
+                with TensorFiles() as files:
+                    layers = _write_entries(stage, entries, stems, dtype, files, progress)
                 for meta in layers:                                   # the hashes, in entry order
                     for key in ("weights", "bias"):
                         if key in meta:

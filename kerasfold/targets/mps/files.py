@@ -1,0 +1,81 @@
+"""Tensor files written beside the computing: a thread writes and hashes each file's blocks in
+order while the next ones are computed, and each finished file is synced to disk by other
+threads while the export goes on (the staging's final fsync then finds little left to do).
+
+    with TensorFiles() as files:
+        info = files.write(path, blocks, shape, dtype)     # info["sha256"]: a future
+    # leaving the block: every write, hash and fsync is done, or its error raised
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from collections import deque
+from concurrent import futures
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, BinaryIO, Iterable
+
+import numpy as np
+
+MAX_IN_FLIGHT = 2                 # blocks handed to the writing thread, not written yet
+SYNC_THREADS = 2                  # fsync releases the GIL; the file system commits several at once
+
+
+def _put(f: BinaryIO, digest: Any, data: memoryview) -> None:
+    f.write(data)
+    digest.update(data)                         # hashlib releases the GIL for large buffers
+
+
+def _sync(f: BinaryIO) -> None:
+    try:
+        os.fsync(f.fileno())
+    finally:
+        f.close()
+
+
+class TensorFiles:
+    def __init__(self) -> None:
+        self._writer = ThreadPoolExecutor(max_workers=1)
+        self._syncer = ThreadPoolExecutor(max_workers=SYNC_THREADS)
+        self._in_flight: deque[Future] = deque()
+        self._synced: list[Future] = []
+
+    def write(self, path: Path, blocks: Iterable[np.ndarray], shape: tuple[int, ...],
+              dtype: np.dtype) -> dict[str, Any]:
+        """Write ``blocks`` (C-contiguous arrays, in file order) to ``path``; the manifest's tensor
+        info, its ``sha256`` a future. An error while computing the blocks closes the file."""
+        f = open(path, "wb")
+        digest = hashlib.sha256()
+        try:
+            for block in blocks:
+                self._in_flight.append(self._writer.submit(_put, f, digest, memoryview(block).cast("B")))
+                while len(self._in_flight) > MAX_IN_FLIGHT:
+                    self._in_flight.popleft().result()
+        except BaseException:
+            futures.wait(self._in_flight)       # nothing writes into f any more
+            self._in_flight.clear()
+            f.close()
+            raise
+        return {"file": path.name, "shape": list(shape), "dtype": np.dtype(dtype).name,
+                "sha256": self._writer.submit(self._finish, f, digest)}
+
+    def _finish(self, f: BinaryIO, digest: Any) -> str:
+        """(The writing thread.) The file is complete: sync it beside the export; its hash."""
+        try:
+            f.flush()
+        except BaseException:
+            f.close()
+            raise
+        self._synced.append(self._syncer.submit(_sync, f))
+        return digest.hexdigest()
+
+    def __enter__(self) -> TensorFiles:
+        return self
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        self._writer.shutdown(wait=True)        # every block written, every file handed to a sync
+        self._syncer.shutdown(wait=True)
+        if kind is None:                        # an fsync's error is reported once: it is the export's
+            for done in (*self._in_flight, *self._synced):
+                done.result()

@@ -4,8 +4,8 @@ target writes them, one layer at a time, so its peak memory is a layer, not the 
 A :class:`Deferred` knows its shape and dtype now and its values on demand. It records what the
 kinds, the passes and the layout do to it: view steps (reshape, transpose) and a per-channel
 scale in float64 (a BatchNormalization fold, :func:`multiply64`). The MPS target then reads,
-folds, lays out and rounds in one tiled pass (:func:`parts`, ``targets/mps/strips``);
-``np.asarray(d)`` is what the same steps give on the read array, bit for bit.
+folds, lays out and rounds in one tiled pass (:meth:`Deferred.parts`, ``targets/mps/strips``);
+``np.asarray(d)`` is what the same steps give on the read array, bit for bit, its checks run.
 
 Checks on the values (finite weights, a fold that stays within float32) are recorded with the
 step they apply after, and run on demand (:meth:`Deferred.run_checks`): the target runs them when
@@ -120,10 +120,8 @@ class Deferred:
         return value
 
     def __array__(self, dtype: Any = None, copy: Any = None) -> np.ndarray:
-        value, factor = self.parts()
-        if factor is not None:
-            value = np.multiply(value, factor, dtype=np.float64)
-        return np.asarray(value, dtype=dtype)
+        """The values, every recorded check run on the way (what the eager export checked)."""
+        return np.asarray(self.run_checks(), dtype=dtype)
 
     def astype(self, dtype: Any) -> np.ndarray:
         return np.asarray(self).astype(dtype)

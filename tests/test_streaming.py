@@ -150,11 +150,14 @@ def _half_overflow(path):                              # within float32, beyond 
     _edit_kernel(path, "conv", lambda w: w * 1e6)
 
 
-@pytest.mark.parametrize("damage,dtype", [(_nan_kernel, "float32"), (_nan_kernel, "float16"), (_huge_fold, "float32"),
-                                          (_huge_fold, "float16"), (_half_overflow, "float16")])
-def test_bad_weights_give_the_whole_model_exports_error(damage, dtype, tmp_path, monkeypatch, previous):
+@pytest.mark.parametrize("arch,damage,dtype", [
+    (conv_bn_act, _nan_kernel, "float32"), (conv_bn_act, _nan_kernel, "float16"), (conv_bn_act, _huge_fold, "float32"),
+    (conv_bn_act, _huge_fold, "float16"), (conv_bn_act, _half_overflow, "float16"),
+    (_bn_first, _nan_kernel, "float32"),               # folded forward: the kernel is read by the pass
+])
+def test_bad_weights_give_the_whole_model_exports_error(arch, damage, dtype, tmp_path, monkeypatch, previous):
     path = tmp_path / "m.h5"
-    _save(conv_bn_act, path)
+    _save(arch, path)
     damage(path)
     out, before = previous
     errors = []

@@ -138,7 +138,7 @@ def fold_bn_forward(kernel: np.ndarray, bias: np.ndarray | None, bn: BNParams,
     ``y = W ∗ (s x + t) + b = (W·s) ∗ x + (b + Σ W·t)``: ``kernel`` scaled along its input axis,
     ``bias' = bias + Σ_{all axes but the output} W[..., i, o] t[i]`` (output channel last).
     """
-    kernel = np.asarray(kernel)                 # the bias sums every weight: a deferred one is read here
+    kernel = np.asarray(kernel)                 # the bias sums every weight: a deferred one is read (and checked) here
     channels = _channels(kernel, input_axis, bn, "input")
     s, t = bn.scale_shift()
     shape = [1] * kernel.ndim

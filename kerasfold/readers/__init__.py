@@ -14,7 +14,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 import h5py
 import numpy as np
@@ -29,6 +29,7 @@ from .hdf5 import probe, raised_by_h5py
 from .variables import canonical_name
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+T = TypeVar("T")
 ZIP_MAGIC = b"PK\x03\x04"
 
 
@@ -73,38 +74,27 @@ DEFERRED = frozenset({"kernel", "depthwise_kernel", "pointwise_kernel"})
 DEFERRED_MIN_BYTES = 1 << 20
 
 
-def _digest(future: Future[str], path: str) -> str:
-    """The source's sha256 from the thread hashing it; its errors as the read's."""
+def _reading(path: str, call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)``, a damaged file's errors as the read's (:func:`damaged_file_errors`, naming
+    ``path``): for what reads the model after :func:`read_model` (deferred weights, the hash)."""
     try:
         with damaged_file_errors():
-            return future.result()
+            return call(*args)
     except ExportError as err:
         raise err.at(file=path)
 
 
-def _read_dataset(dataset: h5py.Dataset, path: str) -> np.ndarray:
-    try:
-        with damaged_file_errors():
-            return np.asarray(dataset[()])
-    except ExportError as err:
-        raise err.at(file=path)
-
-
-def _read_dataset_into(dataset: h5py.Dataset, path: str, out: np.ndarray) -> None:
-    try:
-        with damaged_file_errors():
-            dataset.read_direct(out)
-    except ExportError as err:
-        raise err.at(file=path)
+def _stored(dataset: h5py.Dataset) -> np.ndarray:
+    return np.asarray(dataset[()])
 
 
 def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Deferred:
     if (lazy and name in DEFERRED and dataset.dtype.kind == "f" and dataset.ndim >= 2
             and dataset.size * dataset.dtype.itemsize >= DEFERRED_MIN_BYTES):
         path = dataset.file.filename
-        return Deferred(functools.partial(_read_dataset, dataset, path), tuple(dataset.shape),
-                        np.dtype(dataset.dtype), read_into=functools.partial(_read_dataset_into, dataset, path))
-    return np.asarray(dataset[()])
+        return Deferred(functools.partial(_reading, path, _stored, dataset), tuple(dataset.shape),
+                        np.dtype(dataset.dtype), read_into=functools.partial(_reading, path, h5py.Dataset.read_direct, dataset))
+    return _stored(dataset)
 
 
 def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None:
@@ -297,7 +287,7 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
                     path, lambda: digest.append(worker.submit(file_sha256, path)), lazy)
             if not digest:
                 digest.append(worker.submit(file_sha256, path))
-            sha256: str | Callable[[], str] = functools.partial(_digest, digest[0], str(path))
+            sha256: str | Callable[[], str] = functools.partial(_reading, str(path), Future.result, digest[0])
             if not lazy:
                 try:
                     sha256 = sha256()

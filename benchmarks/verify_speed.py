@@ -6,10 +6,11 @@ Fresh processes, alternated, N times each (median and min):
 
 - the yardstick: ``python -c "import tensorflow"``;
 - ``python -m kerasfold.yolo2metal MODEL OUT --verify -q`` (export, then both checks);
-- the same run in one process with a timer around each step: TensorFlow's import, Keras'
-  import, then every step of the export and of ``verify_export`` (exclusive times: a step called
-  inside another is not counted twice; "other" is what no timer covers in the main thread; steps
-  marked "thread beside" ran in another thread, overlapping the others).
+- the same run in one process with a timer around each step of the export and of
+  ``verify_export``, TensorFlow's and Keras' import included where the run makes it (exclusive
+  times: a step called inside another is not counted twice; "other" is what no timer covers in
+  the main thread; steps marked "thread beside" ran in another thread, overlapping the others:
+  the numpy check runs beside TensorFlow's import).
 
 The model is tiny-yolo-voc built in its Keras 2 ``.h5`` flavour (``models/tiny_yolo_voc.py``)
 unless ``--model`` names one.
@@ -30,11 +31,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(ROOT)}
-TF, AFTER = "TensorFlow import", "everything after TensorFlow's import"
+TF, AFTER = "TensorFlow + Keras import", "everything but TensorFlow's import"
 BESIDE = " [thread beside]"                  # a step run in another thread, overlapping the rest
 
 # (module, function, step): the functions timed in the breakdown; one missing is skipped.
 STEPS = [
+    ("kerasfold.verify.keras_env", "import_keras", TF),
+    ("kerasfold.verify.rebuild", "import_keras", TF),
     ("kerasfold.pipeline", "export", "export (read, fold, write)"),
     ("kerasfold.verify.check", "load_export", "load the export (manifest)"),
     ("kerasfold.targets.mps.read", "Export.graph", "decode the export (read, hash, layouts)"),
@@ -58,13 +61,6 @@ def child(model: str, out: str) -> None:
     """One ``--verify`` run with timers; prints {step: seconds} as JSON."""
     sys.path.insert(0, str(ROOT))
     times: dict[str, float] = {}
-    start = time.perf_counter()
-    import tensorflow  # noqa: F401
-    times[TF] = time.perf_counter() - start
-    start = time.perf_counter()
-    from kerasfold.verify.keras_env import import_keras
-    import_keras()
-    times["Keras import (after TensorFlow)"] = time.perf_counter() - start
     local = threading.local()                 # per thread: time spent in timed callees, per open call
 
     def timed(fn, step):
@@ -94,7 +90,7 @@ def child(model: str, out: str) -> None:
     from kerasfold.yolo2metal import main
     start = time.perf_counter()
     code = main([model, out, "--verify", "-q"])
-    times[AFTER] = time.perf_counter() - start + times["Keras import (after TensorFlow)"]
+    times[AFTER] = time.perf_counter() - start - times.get(TF, 0.0)
     if code != 0:
         raise SystemExit(f"--verify exited {code}")
     print(json.dumps(times))

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -30,6 +30,7 @@ from ..graph import Graph
 from ..kinds.lambdas import function_name
 from ..pipeline import prepare, read
 from ..targets.mps.read import Export, load_export
+from . import blas
 from .reference import run as run_reference
 
 DEFAULT_TOLERANCE = 1e-5
@@ -179,20 +180,23 @@ def reference_check(model: Path, export: Export, files: Graph, xs: list[np.ndarr
 
 # -- parity: Keras ---------------------------------------------------------------------------
 
-def load_original(model: Path, export: Export, notes: list[str]) -> tuple[Any, str]:
-    """Keras' own loader (safe mode, nothing executed); the graph rebuild when it cannot."""
-    from .keras_env import import_keras
+def load_original(model: Path, export: Export, notes: list[str], dtype: str) -> tuple[Any, str]:
+    """Keras' own loader (safe mode, nothing executed), the model computing in ``dtype``; the graph
+    rebuild when it cannot."""
+    from .keras_env import import_keras, load_h5_in, with_dtype
     keras = import_keras()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return (keras.models.load_model(model, compile=False, safe_mode=True),
-                    f"loaded by Keras {keras.__version__}")
+            loaded = load_h5_in(model, dtype)
+            if loaded is None:
+                loaded = keras.models.load_model(model, compile=False, safe_mode=True)
     except Exception as err:             # any loader failure: say so, then use the graph instead
         reason = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
         notes.append(f"Keras {keras.__version__} cannot load {model.name} ({reason}); "
                      "rebuilt the original, BatchNormalization included, from the graph")
-    return rebuild_original(model, export), "rebuilt from the graph"
+        return rebuild_original(model, export), "rebuilt from the graph"
+    return with_dtype(loaded, dtype), f"loaded by Keras {keras.__version__}"
 
 
 def rebuild_original(model: Path, export: Export) -> Any:
@@ -222,18 +226,25 @@ def _keras_layer_outputs(reference: Any, xs: list[np.ndarray]) -> Callable[[str]
     return values.get
 
 
-def keras_check(model: Path, export: Export, files: Graph, xs: list[np.ndarray], tolerance: float,
+def keras_check(model: Path, export: Export, files: Graph | Future, xs: list[np.ndarray], tolerance: float,
                 compute: str, original: str, notes: list[str]) -> Check:
-    from .keras_env import floatx, with_dtype
+    """``files``: the export decoded (``export.graph()``), or its decoding under way."""
+    from .keras_env import floatx
     from .rebuild import from_export
     with floatx(compute):
-        rebuilt = from_export(export, graph=files)
         if original == "graph":
             reference, how = rebuild_original(model, export), "rebuilt from the graph"
         else:
-            reference, how = load_original(model, export, notes)
-            reference = with_dtype(reference, compute)
-        max_abs, max_rel = errors(_outputs(rebuilt, xs), _outputs(reference, xs))
+            reference, how = load_original(model, export, notes, compute)
+        if isinstance(files, Future):
+            files = files.result()
+        # The original runs (TensorFlow's kernels, on its own threads, the GIL released) while
+        # this thread builds the model from the files (Python): a core each.
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            want = pool.submit(_outputs, reference, xs)
+            rebuilt = from_export(export, graph=files)
+            got = _outputs(rebuilt, xs)
+            max_abs, max_rel = errors(got, want.result())
         divergence = None
         if max_rel > tolerance:
             every = dict(zip((e["name"] for e in export.layers),
@@ -252,6 +263,14 @@ def refuse_opaque(export: Export) -> None:
             raise UnsupportedLayer(f"expected an export kerasfold can run end to end, received the "
                                    f"opaque keras_layer entry of a {what}: the parity check cannot run "
                                    "through it", file=str(export.root), layer=entry["name"])
+
+
+def beside(*args: Any) -> Check:
+    """:func:`reference_check` on one BLAS thread: it runs beside TensorFlow's import and Keras'
+    work, which need a core of their own (blas.py). Its sums then differ from a two-thread run's in
+    the last bits of float64, far below any tolerance."""
+    with blas.limited(1):
+        return reference_check(*args)
 
 
 def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None = None,
@@ -276,12 +295,15 @@ def verify_export(model: str | Path, out: str | Path, *, tolerance: float | None
                               f"the export was made for, received {input_size[0]}x{input_size[1]}; "
                               "re-export with --input-size", file=str(out))
     xs = seeded_inputs(export, samples, seed)
-    files = export.graph()                  # read, hashed and decoded once, for both checks
     checks = []
     with ThreadPoolExecutor(max_workers=1) as pool:
-        # The numpy check shares nothing mutable with the Keras one and both run mostly on one
-        # core: it runs beside it, and is reported after it as before.
-        reference = pool.submit(reference_check, model, export, files, xs, tolerance, compute)
+        # The files, read, hashed and decoded once for both checks, then the numpy check (it shares
+        # nothing mutable with the Keras one) run in a thread beside this one, which imports
+        # TensorFlow meanwhile (one Python thread, ~3 s): the Keras check takes the decoded files
+        # when it needs them. Reported after the Keras check, as before.
+        files = pool.submit(export.graph)
+        check = beside if use_keras else reference_check
+        reference = pool.submit(lambda: check(model, export, files.result(), xs, tolerance, compute))
         if use_keras:
             try:
                 checks.append(keras_check(model, export, files, xs, tolerance, compute, original, notes))

@@ -71,15 +71,23 @@ def _image(build: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-# Every weight of a rebuilt layer is set from the files right after it is built: zeros (a fill)
-# instead of Keras' random initialisers, whose draws would be overwritten anyway.
-ZEROS = {"kernel_initializer": "zeros", "bias_initializer": "zeros"}
+def filled(weight: np.ndarray) -> Callable[..., np.ndarray]:
+    """A Keras initialiser that is ``weight`` as read from the files: the layer's variable is
+    created holding it, in the variable's dtype (no random draws or fill, then a copy over them).
+    A layer built with another shape for it is refused, as ``set_weights`` refuses it."""
+    weight = np.asarray(weight, np.float32)
+
+    def initial(shape: Any, dtype: Any = None) -> np.ndarray:
+        if tuple(shape) != weight.shape:
+            raise ValueError(f"expected a weight of shape {tuple(shape)} for the layer as built, "
+                             f"received one of shape {weight.shape}")
+        return np.asarray(weight, dtype=dtype or np.float32)
+    return initial
 
 
-def _weighted(layer: Any, x: Any, weights: list[np.ndarray]) -> Any:
-    y = layer(x)
-    layer.set_weights([np.asarray(w, np.float32) for w in weights])
-    return y
+def initialisers(**weights: np.ndarray) -> dict[str, Callable[..., np.ndarray]]:
+    """``{name}_initializer`` arguments of a Keras layer, each :func:`filled` with its weight."""
+    return {f"{name}_initializer": filled(w) for name, w in weights.items()}
 
 
 def _bias(op: Any, channels: int) -> np.ndarray:
@@ -91,20 +99,19 @@ def _conv2d(op: ops.Conv2D, xs: list[Any]) -> Any:
     layers = import_keras().layers
     kh, kw, _, cout = op.kernel.shape
     layer = layers.Conv2D(cout, (kh, kw), strides=op.strides, dilation_rate=op.dilation, groups=op.groups,
-                          padding="valid", **ZEROS)
-    return _weighted(layer, _pad(xs[0], list(op.pad)), [op.kernel, _bias(op, cout)])
+                          padding="valid", **initialisers(kernel=op.kernel, bias=_bias(op, cout)))
+    return layer(_pad(xs[0], list(op.pad)))
 
 
 def _depthwise(op: ops.DepthwiseConv2D, xs: list[Any]) -> Any:
     layers = import_keras().layers
     kh, kw, c, m = op.kernel.shape
     layer = layers.DepthwiseConv2D((kh, kw), strides=op.strides, depth_multiplier=m, dilation_rate=op.dilation,
-                                   padding="valid", depthwise_initializer="zeros", bias_initializer="zeros")
-    weights = [op.kernel, _bias(op, c * m)]
+                                   padding="valid", **initialisers(depthwise=op.kernel, bias=_bias(op, c * m)))
     if len(xs[0].shape) == 2:                 # per-channel scale/bias on (N, C): run it on (N, 1, 1, C)
         flat = layers.Reshape((1, 1, xs[0].shape[-1]))(xs[0])
-        return layers.Reshape((c * m,))(_weighted(layer, flat, weights))
-    return _image(lambda op, xs: _weighted(layer, _pad(xs[0], list(op.pad)), weights))(op, xs)
+        return layers.Reshape((c * m,))(layer(flat))
+    return _image(lambda op, xs: layer(_pad(xs[0], list(op.pad))))(op, xs)
 
 
 @_image
@@ -126,26 +133,28 @@ def _transpose(op: ops.Conv2DTranspose, xs: list[Any]) -> Any:
     """The full (valid) transposed convolution, then the crop."""
     layers = import_keras().layers
     kh, kw, cout, _ = op.kernel.shape
-    layer = layers.Conv2DTranspose(cout, (kh, kw), strides=op.strides, padding="valid", **ZEROS)
-    y = _weighted(layer, xs[0], [op.kernel, _bias(op, cout)])
-    return _lambda(_crop)(ops.Crop(crop=op.crop), [y])
+    layer = layers.Conv2DTranspose(cout, (kh, kw), strides=op.strides, padding="valid",
+                                   **initialisers(kernel=op.kernel, bias=_bias(op, cout)))
+    return _lambda(_crop)(ops.Crop(crop=op.crop), [layer(xs[0])])
 
 
 def _dense(op: ops.Dense, xs: list[Any]) -> Any:
     layers = import_keras().layers
-    return _weighted(layers.Dense(op.kernel.shape[1], **ZEROS), xs[0], [op.kernel, _bias(op, op.kernel.shape[1])])
+    cout = op.kernel.shape[1]
+    return layers.Dense(cout, **initialisers(kernel=op.kernel, bias=_bias(op, cout)))(xs[0])
 
 
 def _batch_norm(op: ops.BatchNorm, xs: list[Any]) -> Any:
     layers = import_keras().layers
+    weights = {"gamma": op.gamma, "beta": op.beta, "moving_mean": op.mean, "moving_variance": op.var}
     layer = layers.BatchNormalization(axis=op.axis, epsilon=op.eps, scale=op.gamma is not None,
-                                      center=op.beta is not None)
-    weights = [w for w in (op.gamma, op.beta) if w is not None] + [op.mean, op.var]
-    return _weighted(layer, xs[0], weights)
+                                      center=op.beta is not None,
+                                      **initialisers(**{k: w for k, w in weights.items() if w is not None}))
+    return layer(xs[0])
 
 
 def _prelu(op: ops.PReLU, xs: list[Any]) -> Any:
-    return _weighted(import_keras().layers.PReLU(shared_axes=op.shared_axes), xs[0], [op.alpha])
+    return import_keras().layers.PReLU(shared_axes=op.shared_axes, **initialisers(alpha=op.alpha))(xs[0])
 
 
 def _opaque(op: ops.Opaque, xs: list[Any]) -> Any:

@@ -43,10 +43,6 @@ class Deferred:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
-    @property
-    def nbytes(self) -> int:
-        return self.size * self.dtype.itemsize
-
     def reshape(self, *shape: Any) -> Deferred:
         new = tuple(int(d) for d in (shape[0] if len(shape) == 1 and not isinstance(shape[0], int) else shape))
         if -1 in new:
@@ -72,7 +68,8 @@ class Deferred:
 
     def scaled(self, factor: np.ndarray) -> Deferred:
         """Times ``factor`` (broadcastable to the shape), in float64: ``np.multiply(x, factor, dtype=float64)``."""
-        np.broadcast_shapes(np.shape(factor), self.shape)
+        if np.broadcast_shapes(np.shape(factor), self.shape) != self.shape:
+            raise ValueError(f"expected a factor broadcastable to {self.shape}, received shape {np.shape(factor)}")
         return replace(self, dtype=np.dtype(np.float64), steps=(*self.steps, ("scale", np.asarray(factor))))
 
     def with_check(self, check: Check) -> Deferred:

@@ -88,10 +88,9 @@ def _stored(dataset: h5py.Dataset) -> np.ndarray:
     return np.asarray(dataset[()])
 
 
-def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Deferred:
+def _weight(dataset: h5py.Dataset, name: str, lazy: bool, path: str) -> np.ndarray | Deferred:
     if (lazy and name in DEFERRED and dataset.dtype.kind == "f" and dataset.ndim >= 2
             and dataset.size * dataset.dtype.itemsize >= DEFERRED_MIN_BYTES):
-        path = dataset.file.filename
         return Deferred(functools.partial(_reading, path, _stored, dataset), tuple(dataset.shape),
                         np.dtype(dataset.dtype), read_into=functools.partial(_reading, path, h5py.Dataset.read_direct, dataset))
     return _stored(dataset)
@@ -101,6 +100,7 @@ def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None
     """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``.
     A nested model's group holds all its layers' weights, named ``<inner layer>/<var>``."""
     root = f["model_weights"] if "model_weights" in f else f
+    path = f.filename
     for n in nodes:
         top, *inner = n.layer.split("/")
         if n.layer != n.name or top not in root:        # later calls share the first call's arrays
@@ -115,11 +115,12 @@ def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None
             parts = stored.split("/")
             if inner and (len(parts) < 2 or parts[-2] != inner[-1]):
                 continue
-            if not isinstance(group.get(stored), h5py.Dataset):
+            dataset = group.get(stored)
+            if not isinstance(dataset, h5py.Dataset):
                 raise ExportError(f"expected dataset '{stored}' named in weight_names, received "
-                                  + ("none" if stored not in group else "a group"), layer=n.name)
+                                  + ("none" if dataset is None else "a group"), layer=n.name)
             name = canonical_name(n.kind, stored)
-            n.weights[name] = _weight(group[stored], name, lazy)
+            n.weights[name] = _weight(dataset, name, lazy, path)
     _share_weights(nodes)
 
 

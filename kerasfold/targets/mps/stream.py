@@ -11,11 +11,11 @@ from typing import Iterator
 
 import numpy as np
 
-from ...deferred import Deferred
+from ...deferred import Deferred, Scratch
 from .float16 import HalfStats, half_stats
 from .strips import contiguous, slabs
 
-_HALF_EXPONENT = 0x7C00          # float16 bits: an exponent field of zero means zero or subnormal
+_HALF_EXPONENT = 0x7C00          # float16 exponent bits: none set, zero or subnormal; all set, inf or NaN
 _HALF_MAGNITUDE = 0x7FFF
 
 

@@ -252,3 +252,18 @@ def test_the_source_is_hashed_beside_the_probe_and_never_while_forking(tiny_yolo
     assert len(threads_at_fork) == 1 and threads_at_fork[0] <= before      # none started by the read yet
     assert [name for name, _ in sorted(events, key=lambda e: e[1])] == ["hash starts", "probe returns"]
     assert model.source.sha256 == hashlib.sha256(tiny_yolo["keras2-h5"].read_bytes()).hexdigest()
+
+
+def test_a_failed_lazy_read_leaves_no_thread_behind(tmp_path):
+    """The source's hash starts beside the probe; a read that then fails waits for it, so that
+    the next read never forks while it runs."""
+    import threading
+
+    from kerasfold.errors import ExportError
+    path = tmp_path / "weights-only.h5"
+    with h5py.File(path, "w") as f:                    # no model_config: refused after the probe
+        f["w"] = np.zeros((256, 1024), np.float32)
+    before = threading.active_count()
+    with pytest.raises(ExportError, match="weights-only"):
+        read_model(path, lazy=True)
+    assert threading.active_count() <= before

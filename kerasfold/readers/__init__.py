@@ -282,6 +282,7 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
         # leaves it running beside the export (the manifest asks for it last).
         worker = ThreadPoolExecutor(max_workers=1)
         digest: list[Future[str]] = []
+        close: Callable[[], None] = _nothing
         try:
             with damaged_file_errors():
                 _config, version, flavour, nodes, ins, outs, close = reader(
@@ -290,18 +291,13 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
                 digest.append(worker.submit(file_sha256, path))
             sha256: str | Callable[[], str] = functools.partial(_reading, str(path), Future.result, digest[0])
             if not lazy:
-                try:
-                    sha256 = sha256()
-                except BaseException:
-                    close()
-                    raise
-        finally:
-            worker.shutdown(wait=not lazy)
-        try:
+                sha256 = sha256()
             _check_arrays(nodes)
-        except ExportError:
+        except BaseException:
             close()
+            worker.shutdown(wait=True)          # a failed read leaves no thread behind (a later read forks)
             raise
+        worker.shutdown(wait=not lazy)
     except ExportError as err:
         raise err.at(file=str(path))
     source = SourceInfo(file=path.name, digest=sha256, keras_version=version, flavour=flavour)

@@ -18,7 +18,7 @@ from .errors import ExportError
 from .graph import Graph
 from .kinds import lower
 from .passes import run_passes
-from .readers import read_model
+from .readers import read_model, with_deferred_kernels
 from .readers.layers import Model
 from .targets.mps.entries import emit
 from .targets.mps.float16 import HalfStats
@@ -126,10 +126,11 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
     # A plain export streams: each large kernel is read, folded, laid out and written in turn
-    # (peak memory: about one layer). Kept for a verification, the read is whole.
+    # (peak memory: about one layer). Kept for a verification, or from a .keras zip, the read is
+    # whole, and its large kernels go through the same fused pass (no whole float64 copies).
     raw = read(model, remember=remember, lazy=not remember)
     try:
-        graph = _rewritten(model, raw, options.fold, options.input_size, options.allow_opaque)
+        graph = _rewritten(model, with_deferred_kernels(raw), options.fold, options.input_size, options.allow_opaque)
         entries = emit(graph, options.dtype)
         manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names,
                                 progress=progress)

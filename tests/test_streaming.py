@@ -294,3 +294,26 @@ def test_blocks_never_point_into_the_reused_read_memory():
     again = list(FileTensor(stored(second), "float32", "b", scratch).blocks())
     assert b"".join(b.tobytes() for b in held) == first.tobytes()
     assert b"".join(b.tobytes() for b in again) == second.tobytes()
+
+
+@pytest.mark.parametrize("how", ["keras", "kept for verify"])
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_kernels_read_whole_take_the_same_pass(how, dtype, tmp_path, monkeypatch):
+    """A .keras zip, or a read kept for --verify, is read whole; its large kernels go through the
+    writer's fused pass as Deferred views of the arrays: same bytes, and the kept read unchanged."""
+    import kerasfold.pipeline as pipeline
+    path = tmp_path / ("m.keras" if how == "keras" else "m.h5")
+    _save(_separable, path)
+    remember = how == "kept for verify"
+    outs = []
+    for min_bytes in (1 << 62, 0):
+        monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", min_bytes)
+        export(path, tmp_path / f"out{min_bytes}", ExportOptions(dtype=dtype), remember=remember)
+        outs.append(snapshot(tmp_path / f"out{min_bytes}"))
+        deferred = sum(isinstance(w, Deferred) for layer in readers.with_deferred_kernels(read_model(path))
+                       for w in layer.weights.values())
+        assert deferred == (2 if min_bytes == 0 else 0)                      # depthwise and pointwise
+    assert outs[0] == outs[1]
+    if remember:
+        kept = pipeline.read(path, reuse=True)
+        assert all(isinstance(w, np.ndarray) for layer in kept for w in layer.weights.values())

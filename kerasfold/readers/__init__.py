@@ -4,6 +4,7 @@ h5py and json only: no TensorFlow, no Keras, nothing from the file is executed.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -94,6 +95,28 @@ def _weight(dataset: h5py.Dataset, name: str, lazy: bool, path: str) -> np.ndarr
         return Deferred(functools.partial(_reading, path, _stored, dataset), tuple(dataset.shape),
                         np.dtype(dataset.dtype), read_into=functools.partial(_reading, path, h5py.Dataset.read_direct, dataset))
     return _stored(dataset)
+
+
+def _same(array: np.ndarray) -> np.ndarray:
+    return array
+
+
+def with_deferred_kernels(model: Model) -> Model:
+    """``model`` with its large kernels in memory (a ``.keras`` read, or a read kept for a
+    verification) as :class:`Deferred` views of the same arrays, as a lazy read gives them: the
+    target then folds, lays out and rounds each in its tiled pass, with no whole float64 copy. A
+    shallow copy (``model`` is unchanged); layer calls sharing weights still share them."""
+    copies: dict[int, dict[str, Any]] = {}
+    nodes = {}
+    for name, layer in model.nodes.items():
+        if id(layer.weights) not in copies:
+            copies[id(layer.weights)] = {
+                key: Deferred(functools.partial(_same, array), tuple(array.shape), array.dtype)
+                if (isinstance(array, np.ndarray) and key in DEFERRED and array.dtype.kind == "f"
+                    and array.ndim >= 2 and array.nbytes >= DEFERRED_MIN_BYTES) else array
+                for key, array in layer.weights.items()}
+        nodes[name] = dataclasses.replace(layer, weights=copies[id(layer.weights)])
+    return dataclasses.replace(model, nodes=nodes)
 
 
 def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None:

@@ -90,11 +90,16 @@ def _stored(dataset: h5py.Dataset) -> np.ndarray:
 
 
 def _weight(dataset: h5py.Dataset, name: str, lazy: bool, path: str) -> np.ndarray | Deferred:
-    if (lazy and name in DEFERRED and dataset.dtype.kind == "f" and dataset.ndim >= 2
-            and dataset.size * dataset.dtype.itemsize >= DEFERRED_MIN_BYTES):
+    if lazy and _deferrable(name, dataset.dtype, dataset.shape):
         return Deferred(functools.partial(_reading, path, _stored, dataset), tuple(dataset.shape),
                         np.dtype(dataset.dtype), read_into=functools.partial(_reading, path, h5py.Dataset.read_direct, dataset))
     return _stored(dataset)
+
+
+def _deferrable(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
+    """A weight a target reads only when it writes it: a float kernel of DEFERRED_MIN_BYTES or more."""
+    return (name in DEFERRED and dtype.kind == "f" and len(shape) >= 2
+            and int(np.prod(shape, dtype=np.int64)) * dtype.itemsize >= DEFERRED_MIN_BYTES)
 
 
 def _same(array: np.ndarray) -> np.ndarray:
@@ -112,8 +117,7 @@ def with_deferred_kernels(model: Model) -> Model:
         if id(layer.weights) not in copies:
             copies[id(layer.weights)] = {
                 key: Deferred(functools.partial(_same, array), tuple(array.shape), array.dtype)
-                if (isinstance(array, np.ndarray) and key in DEFERRED and array.dtype.kind == "f"
-                    and array.ndim >= 2 and array.nbytes >= DEFERRED_MIN_BYTES) else array
+                if isinstance(array, np.ndarray) and _deferrable(key, array.dtype, array.shape) else array
                 for key, array in layer.weights.items()}
         nodes[name] = dataclasses.replace(layer, weights=copies[id(layer.weights)])
     return dataclasses.replace(model, nodes=nodes)

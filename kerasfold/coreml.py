@@ -6,11 +6,10 @@ export directory (its files' weights exactly, their sha256 checked first).
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from .cli import parse_size, report, run
+from .cli import leave, parse_size, report, run
 from .errors import ExportError
 
 PROG = "kerasfold-coreml"
@@ -97,5 +96,10 @@ def main(argv: list[str] | None = None) -> int:
     return run(job, PROG)
 
 
+def command() -> NoReturn:
+    """The console script and ``python -m``: :func:`main`, then a quick exit (``cli.leave``)."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

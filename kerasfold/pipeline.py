@@ -22,6 +22,7 @@ from .readers import read_model, with_deferred_kernels
 from .readers.layers import Model
 from .targets.mps.entries import emit
 from .targets.mps.float16 import HalfStats
+from .targets.mps.out_dir import start_out_check
 from .targets.mps.writer import Progress, write_export
 
 from . import DTYPES  # noqa: E402  (re-exported: kerasfold.pipeline.DTYPES)
@@ -125,18 +126,24 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
+    out_check = start_out_check(Path(out))      # first: it forks, and no thread of ours runs yet
     # A plain export streams: each large kernel is read, folded, laid out and written in turn
     # (peak memory: about one layer). Kept for a verification, or from a .keras zip, the read is
     # whole, and its large kernels go through the same fused pass (no whole float64 copies).
-    raw = read(model, remember=remember, lazy=not remember)
+    try:
+        raw = read(model, remember=remember, lazy=not remember)
+    except BaseException:
+        out_check.cancel()
+        raise
     try:
         graph = _rewritten(model, with_deferred_kernels(raw), options.fold, options.input_size, options.allow_opaque)
         entries = emit(graph, options.dtype)
         manifest = write_export(Path(out), graph, entries, dtype=options.dtype, forge_names=options.forge_names,
-                                progress=progress)
+                                progress=progress, out_check=out_check)
     except ExportError as err:
         raise err.at(file=str(model))           # OUT's errors name OUT already
     finally:
+        out_check.cancel()
         raw.close()
     half = [e.half for e in entries if e.half is not None]
     return ExportResult(out=Path(out), manifest=manifest, seconds=time.perf_counter() - start, half=half)

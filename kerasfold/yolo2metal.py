@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import argparse
-import sys
-from typing import Any
+from typing import Any, NoReturn
 
-from .cli import parse_size, report, run, single_threaded_blas
+from .cli import leave, parse_size, report, run, single_threaded_blas
 from .progress import progress_line
 from . import DTYPES
 
@@ -75,5 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     return run(job, PROG)
 
 
+def command() -> NoReturn:
+    """The console script and ``python -m``: :func:`main`, then a quick exit (``cli.leave``)."""
+    leave(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

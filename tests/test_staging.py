@@ -8,12 +8,13 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import pytest
 
 from kerasfold.errors import ExportError
 from kerasfold.pipeline import export
-from kerasfold.targets.mps import atomic, writer
+from kerasfold.targets.mps import atomic, out_dir
 from kerasfold.targets.mps.atomic import staged_directory
 from kerasfold.targets.mps.stale import remove_stale
 from models import small
@@ -200,23 +201,27 @@ def test_out_is_the_current_directory(small_model, small_export, tmp_path, cwd_h
 @pytest.mark.parametrize("change", ["user_file", "foreign_manifest", "touched_manifest"])
 def test_out_changed_after_its_check_is_checked_again_at_the_swap(small_model, small_export, tmp_path, change,
                                                                   monkeypatch):
-    """OUT is checked (its manifest validated) in a thread beside the writing; a change made after
-    that check, while the files are written, is seen at the swap: refused, or checked and replaced."""
+    """OUT is checked (its manifest validated) beside the writing, in a child process; a change
+    made after that check, while the files are written, is seen at the swap: refused, or checked
+    and replaced."""
     _, model = small_model(small.conv_bn_act, channels=6)
     out = copy_tree(small_export, tmp_path / "out")
-    checked = threading.Event()
-    real_check = writer.check_out_dir
+    checked = tmp_path.parent / f"{tmp_path.name}-checked"     # a file: the check runs in another process
+    real_check = out_dir.check_out_dir
 
     def check_out_dir(*args, **kwargs):
         seen = real_check(*args, **kwargs)
         if kwargs.get("validate", True):       # the check beside (the quick one says validate=False)
-            checked.set()
+            checked.write_text("passed")
         return seen
-    monkeypatch.setattr(writer, "check_out_dir", check_out_dir)
+    monkeypatch.setattr(out_dir, "check_out_dir", check_out_dir)
 
     def progress(done, total, _written):
         if done == total:
-            assert checked.wait(30)             # the check beside has passed: now OUT changes
+            deadline = time.monotonic() + 30    # the check beside has passed: now OUT changes
+            while not checked.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert checked.exists()
             if change == "user_file":
                 (out / "notes.txt").write_text("mine")
             elif change == "foreign_manifest":
@@ -232,3 +237,14 @@ def test_out_changed_after_its_check_is_checked_again_at_the_swap(small_model, s
         assert ("notes.txt" in snapshot(out)) == (change == "user_file")
         assert read_manifest(out) if change == "user_file" else b"my app" in snapshot(out)["manifest.json"]
     assert _beside(out) == ["out"]
+
+
+def test_out_a_symbolic_link_loop_is_one_line_and_exit_2(small_model, tmp_path):
+    _, model = small_model(small.conv_bn_act, channels=6)
+    out = tmp_path / "out"
+    out.symlink_to(out)
+    proc = run_module("kerasfold.yolo2metal", model, out)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == (f"kerasfold: error: {out}: expected OUT to be a directory or a link to one, "
+                           "received a symbolic link that does not resolve (a loop)\n")
+    assert _beside(out) == ["out"] and out.is_symlink()

@@ -1,5 +1,3 @@
-import sys
+from .check import command
 
-from .check import main
-
-sys.exit(main())
+command()

@@ -15,16 +15,15 @@ When a check fails, the report names the first layer whose output diverges.
 from __future__ import annotations
 
 import argparse
-import sys
 import warnings
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NoReturn
 
 import numpy as np
 
-from ..cli import EXIT_OK, EXIT_PARITY, parse_size, run
+from ..cli import EXIT_OK, EXIT_PARITY, leave, parse_size, run
 from ..errors import ExportError, MissingDependency, UnsupportedLayer
 from ..graph import Graph
 from ..kinds.lambdas import function_name
@@ -358,4 +357,9 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK if report.passed else EXIT_PARITY
 
     return run(job, "kerasfold.verify")
+
+
+def command() -> NoReturn:
+    """The console script and ``python -m``: :func:`main`, then a quick exit (``cli.leave``)."""
+    leave(main())
 

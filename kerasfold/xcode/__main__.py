@@ -1,5 +1,4 @@
-import sys
-
+from ..cli import leave
 from .phase import main
 
-sys.exit(main())
+leave(main())

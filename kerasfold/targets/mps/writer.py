@@ -4,9 +4,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import re
-from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -15,10 +13,12 @@ import numpy as np
 from ... import FORMAT_NAME, FORMAT_VERSION, __version__
 from ...deferred import Scratch
 from ...errors import ExportError
+from ...forked import Pending
 from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
-from .schema import MANIFEST, read_manifest
+from .out_dir import check_out_dir, confirm, start_out_check, target
+from .schema import MANIFEST
 from .files import TensorFiles
 from .stream import FileTensor
 
@@ -73,70 +73,6 @@ def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> di
     }
 
 
-def _export_files(out: Path) -> set[str] | None:
-    """The file names of the kerasfold export in ``out`` (manifest included), or None when it
-    holds no manifest.json. A manifest.json that is not a valid kerasfold manifest is refused."""
-    if not (out / MANIFEST).exists() and not (out / MANIFEST).is_symlink():
-        return None
-    try:
-        manifest = read_manifest(out)
-    except ExportError as err:
-        raise ExportError("expected OUT to be empty or a previous kerasfold export, received a "
-                          f"manifest.json that is not kerasfold's ({err.message}); refusing to replace it",
-                          file=str(out)) from err
-    names = {MANIFEST}
-    for layer in manifest["layers"]:
-        names.update(layer[key]["file"] for key in ("weights", "bias") if key in layer)
-    return names
-
-
-Seen = tuple                       # what OUT held when checked (_fingerprint)
-
-
-def _fingerprint(out: Path) -> Seen | None:
-    """OUT's file names and its manifest's identity (inode, size, times): equal means unchanged."""
-    try:
-        names = frozenset(os.listdir(out))
-    except FileNotFoundError:
-        return None
-    except NotADirectoryError:
-        return ("not a directory",)
-    if MANIFEST not in names:
-        return names, None
-    st = os.lstat(out / MANIFEST)
-    return names, (st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-
-
-def check_out_dir(out: Path, validate: bool = True) -> Seen | None:
-    """Refuse to replace anything but an empty directory or exactly a previous export: a foreign
-    manifest.json, or a user's file put inside an old export, would be deleted with it. What was
-    checked is returned (:func:`_fingerprint`). ``validate=False``: all but reading the manifest
-    (quick: any manifest.json is taken to be an export's)."""
-    seen = _fingerprint(out)
-    if not out.exists():
-        return seen
-    if not out.is_dir():
-        raise ExportError("expected OUT to be a directory, received a file", file=str(out))
-    present = {p.name for p in out.iterdir()}
-    if not present:
-        return seen
-    if not validate and MANIFEST in present:
-        return seen
-    known = _export_files(out)
-    others = sorted(present - known) if known is not None else sorted(present)
-    if others:
-        shown = ", ".join(others[:3]) + (", ..." if len(others) > 3 else "")
-        raise ExportError("expected OUT to be empty or a previous kerasfold export, received a "
-                          f"directory also holding {shown}; refusing to replace it", file=str(out))
-    return seen
-
-
-def _confirm(checked: Future, out: Path) -> None:
-    """Right before the swap: OUT as the check beside the writing found it, or checked again."""
-    if _fingerprint(out) != checked.result():
-        check_out_dir(out)
-
-
 def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dtype: str,
                    files: TensorFiles, progress: Progress | None) -> list[dict[str, Any]]:
     """Every entry's tensors into ``stage``; the manifest's layers, their hashes still futures."""
@@ -166,28 +102,32 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
 
 
 def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
-                 forge_names: bool = False, progress: Progress | None = None) -> dict[str, Any]:
+                 forge_names: bool = False, progress: Progress | None = None,
+                 out_check: Pending | None = None) -> dict[str, Any]:
     """Write every tensor and the manifest into a staged directory that then replaces ``out``.
-    ``progress(entries done, entries, bytes written)`` is called after each entry."""
+    ``progress(entries done, entries, bytes written)`` is called after each entry; ``out_check``:
+    :func:`start_out_check`'s for ``out``, when the caller started it earlier."""
     stems = file_stems(entries, forge_names)
+    checked = out_check
     try:
-        if out.is_symlink():                  # replace the link's target; the link stays a link
-            out = out.resolve()
-        # OUT's check reads and validates a previous manifest (jsonschema: 0.1 s to import): in a
-        # thread beside the writing, confirmed at the swap. What needs no manifest is checked now.
+        out = target(out)
+        # OUT's check reads and validates a previous manifest beside the writing, and is
+        # confirmed at the swap (start_out_check). What needs no manifest is refused now.
         check_out_dir(out, validate=False)
-        with ThreadPoolExecutor(max_workers=1) as checker:
-            confirm = functools.partial(_confirm, checker.submit(check_out_dir, out))
-            with staged_directory(out, check=confirm) as stage:
-                with TensorFiles() as files:
-                    layers = _write_entries(stage, entries, stems, dtype, files, progress)
-                for meta in layers:                                   # the hashes, in entry order
-                    for key in ("weights", "bias"):
-                        if key in meta:
-                            meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
-                manifest = build_manifest(graph, layers, dtype)
-                (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
+        checked = checked or start_out_check(out)
+        with staged_directory(out, check=functools.partial(confirm, checked)) as stage:
+            with TensorFiles() as files:
+                layers = _write_entries(stage, entries, stems, dtype, files, progress)
+            for meta in layers:                                   # the hashes, in entry order
+                for key in ("weights", "bias"):
+                    if key in meta:
+                        meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
+            manifest = build_manifest(graph, layers, dtype)
+            (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     except OSError as err:
         raise ExportError(f"expected a writable output directory, received {err.strerror or err}",
                           file=str(out)) from err
+    finally:
+        if checked is not None:
+            checked.cancel()
     return manifest

@@ -2,7 +2,9 @@
 
     read_model (readers/) -> lower (kinds/) -> run_passes (passes/) -> emit + write (targets/mps)
 
-numpy and h5py only; nothing here imports TensorFlow or Keras.
+numpy and h5py only; nothing here imports TensorFlow or Keras. The kinds, passes and the MPS
+target are imported when first used (~80 ms): an export starts its read first, in a child
+process, and that import runs beside it.
 """
 from __future__ import annotations
 
@@ -11,19 +13,18 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .digest import file_sha256
 from .errors import ExportError
-from .graph import Graph
-from .kinds import lower
-from .passes import run_passes
-from .readers import read_model, with_deferred_kernels
+from .readers import read_model, start_read, with_deferred_kernels
 from .readers.layers import Model
-from .targets.mps.entries import emit
-from .targets.mps.float16 import HalfStats
 from .targets.mps.out_dir import start_out_check
-from .targets.mps.writer import Progress, write_export
+
+if TYPE_CHECKING:
+    from .graph import Graph
+    from .targets.mps.float16 import HalfStats
+    from .targets.mps.writer import Progress
 
 from . import DTYPES  # noqa: E402  (re-exported: kerasfold.pipeline.DTYPES)
 
@@ -112,10 +113,20 @@ def prepare(model: str | Path, *, fold: bool = True, input_size: tuple[int, int]
 
 def _rewritten(model: str | Path, raw: Model, fold: bool, input_size: tuple[int, int] | None,
                allow_opaque: bool) -> Graph:
+    from .kinds import lower
+    from .passes import run_passes
     try:
         return run_passes(lower(raw, input_size, allow_opaque), fold=fold)
     except ExportError as err:
         raise err.at(file=str(model))
+
+
+def _stages() -> tuple[Callable[..., Any], Callable[..., Any]]:
+    """The MPS target's ``emit`` and ``write_export``, the kinds and passes imported with them."""
+    from . import kinds, passes  # noqa: F401  (imported here: beside an export's read)
+    from .targets.mps.entries import emit
+    from .targets.mps.writer import write_export
+    return emit, write_export
 
 
 def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOptions(), *,
@@ -126,13 +137,20 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
-    out_check = start_out_check(Path(out))      # first: it forks, and no thread of ours runs yet
-    # A plain export streams: each large kernel is read, folded, laid out and written in turn
-    # (peak memory: about one layer). Kept for a verification, or from a .keras zip, the read is
-    # whole, and its large kernels go through the same fused pass (no whole float64 copies).
+    # First OUT's check and the read, each forked while no thread of ours runs (they need the
+    # other core, not the GIL); then the rest of kerasfold is imported beside them. A plain
+    # export streams: each large kernel is read, folded, laid out and written in turn (peak
+    # memory: about one layer). Kept for a verification, or from a .keras zip, the read is whole,
+    # and its large kernels go through the same fused pass (no whole float64 copies).
+    out_check = start_out_check(Path(out))
+    reading = None
     try:
-        raw = read(model, remember=remember, lazy=not remember)
+        reading = None if remember else start_read(model, lazy=True)
+        emit, write_export = _stages()
+        raw = reading.result() if reading is not None else read(model, remember=True)
     except BaseException:
+        if reading is not None:
+            reading.cancel()
         out_check.cancel()
         raise
     try:

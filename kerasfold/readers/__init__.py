@@ -23,10 +23,11 @@ import numpy as np
 from ..deferred import Deferred
 from ..digest import file_sha256
 from ..errors import ExportError
+from ..forked import can_fork
 from ..graph import SourceInfo
 from .layers import Layer as Node, Model
 from .config import MODEL_CLASSES, class_of, name_of, parse_model_config
-from .hdf5 import probe, raised_by_h5py
+from .hdf5 import ReadBeside, probe, raised_by_h5py
 from .variables import canonical_name
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -89,11 +90,40 @@ def _stored(dataset: h5py.Dataset) -> np.ndarray:
     return np.asarray(dataset[()])
 
 
-def _weight(dataset: h5py.Dataset, name: str, lazy: bool, path: str) -> np.ndarray | Deferred:
+@dataclasses.dataclass(frozen=True)
+class Stored:
+    """A weight left in the file by a lazy read: its dataset's path, shape and dtype. Picklable
+    (a read in a child process sends it); :func:`deferred_from` makes it a :class:`Deferred`."""
+    dataset: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+
+def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Stored:
     if lazy and _deferrable(name, dataset.dtype, dataset.shape):
-        return Deferred(functools.partial(_reading, path, _stored, dataset), tuple(dataset.shape),
-                        np.dtype(dataset.dtype), read_into=functools.partial(_reading, path, h5py.Dataset.read_direct, dataset))
+        return Stored(dataset.name, tuple(dataset.shape), np.dtype(dataset.dtype))
     return _stored(dataset)
+
+
+def _value_at(f: h5py.File, name: str) -> np.ndarray:
+    return _stored(f[name])
+
+
+def _read_into_at(f: h5py.File, name: str, out: np.ndarray) -> None:
+    f[name].read_direct(out)
+
+
+def deferred_from(nodes: list[Node], f: h5py.File) -> bool:
+    """Each :class:`Stored` weight of ``nodes`` as a :class:`Deferred` reading it from ``f`` (open
+    until the model is closed); whether there was any. Shared weight dicts are replaced once."""
+    path, found = f.filename, False
+    for weights in {id(n.weights): n.weights for n in nodes}.values():
+        for key, w in weights.items():
+            if isinstance(w, Stored):
+                weights[key] = Deferred(functools.partial(_reading, path, _value_at, f, w.dataset), w.shape, w.dtype,
+                                        read_into=functools.partial(_reading, path, _read_into_at, f, w.dataset))
+                found = True
+    return found
 
 
 def _deferrable(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
@@ -127,7 +157,6 @@ def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None
     """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``.
     A nested model's group holds all its layers' weights, named ``<inner layer>/<var>``."""
     root = f["model_weights"] if "model_weights" in f else f
-    path = f.filename
     for n in nodes:
         top, *inner = n.layer.split("/")
         if n.layer != n.name or top not in root:        # later calls share the first call's arrays
@@ -147,7 +176,7 @@ def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None
                 raise ExportError(f"expected dataset '{stored}' named in weight_names, received "
                                   + ("none" if dataset is None else "a group"), layer=n.name)
             name = canonical_name(n.kind, stored)
-            n.weights[name] = _weight(dataset, name, lazy, path)
+            n.weights[name] = _weight(dataset, name, lazy)
     _share_weights(nodes)
 
 
@@ -229,26 +258,42 @@ def _nothing() -> None:
 Read = tuple[Any, str, str, list[Node], list[str], list[str], Callable[[], None]]
 
 
-def _read_h5(path: Path, probed: Probed, lazy: bool) -> Read:
-    probe(lambda: h5py.File(path, "r"), forked=probed)
+H5Read = tuple[Any, str, str, list[Node], list[str], list[str]]
+
+
+def h5_structure(f: h5py.File, lazy: bool) -> H5Read:
+    """A legacy ``.h5``'s (config, keras version, flavour, layer calls, inputs, outputs); with
+    ``lazy``, its large kernels are :class:`Stored` references (the rest is read)."""
+    if "model_config" not in f.attrs:
+        raise ExportError("expected a whole model (attribute 'model_config'), received a "
+                          "weights-only file; save it with model.save(), not save_weights()")
+    config = _json(f.attrs["model_config"], "model_config")
+    version = _text(f.attrs.get("keras_version", f["model_weights"].attrs.get("keras_version", "")
+                                if "model_weights" in f else ""))
+    nodes, ins, outs = parse_model_config(config)
+    _legacy_weights(f, nodes, lazy)
+    return config, version, "keras3-h5" if version.startswith("3") else "keras2-h5", nodes, ins, outs
+
+
+def opened_for(nodes: list[Node], path: Path) -> Callable[[], None]:
+    """The file opened for ``nodes``' :class:`Stored` weights (:func:`deferred_from`), and how to
+    close it; none opened when there are none."""
+    if not any(isinstance(w, Stored) for n in nodes for w in n.weights.values()):
+        return _nothing
     f = h5py.File(path, "r")
     try:
-        if "model_config" not in f.attrs:
-            raise ExportError("expected a whole model (attribute 'model_config'), received a "
-                              "weights-only file; save it with model.save(), not save_weights()")
-        config = _json(f.attrs["model_config"], "model_config")
-        version = _text(f.attrs.get("keras_version", f["model_weights"].attrs.get("keras_version", "")
-                                    if "model_weights" in f else ""))
-        nodes, ins, outs = parse_model_config(config)
-        _legacy_weights(f, nodes, lazy)
-        deferred = any(isinstance(w, Deferred) for n in nodes for w in n.weights.values())
+        deferred_from(nodes, f)
     except BaseException:
         f.close()
         raise
-    if not deferred:
-        f.close()
-    flavour = "keras3-h5" if version.startswith("3") else "keras2-h5"
-    return config, version, flavour, nodes, ins, outs, (f.close if deferred else _nothing)
+    return f.close
+
+
+def _read_h5(path: Path, probed: Probed, lazy: bool) -> Read:
+    probe(lambda: h5py.File(path, "r"), forked=probed)
+    with h5py.File(path, "r") as f:
+        config, version, flavour, nodes, ins, outs = h5_structure(f, lazy)
+    return config, version, flavour, nodes, ins, outs, opened_for(nodes, path)
 
 
 def _member(z: zipfile.ZipFile, name: str) -> bytes:
@@ -290,20 +335,56 @@ def read_model(path: str | Path, lazy: bool = False) -> Model:
     ``lazy``: a legacy ``.h5``'s kernels of :data:`DEFERRED_MIN_BYTES` or more stay in the file
     as :class:`~kerasfold.deferred.Deferred` weights, read when a target needs them; the file stays
     open until ``Model.close()``."""
+    return start_read(path, lazy).result()
+
+
+class Reading:
+    """A read started by :func:`start_read`: :meth:`result` is the :class:`Model`."""
+
+    def __init__(self, path: Path, reader: Callable[..., Read], lazy: bool) -> None:
+        self.path, self.reader, self.lazy = path, reader, lazy
+
+    def result(self) -> Model:
+        return _read_here(self.path, self.reader, self.lazy)
+
+    def cancel(self) -> None:
+        """Give up the read (its child, if any, is stopped); harmless after :meth:`result`."""
+
+
+def start_read(path: str | Path, lazy: bool = False) -> Reading:
+    """:func:`read_model`, started: a lazy read of a legacy ``.h5`` runs in a forked child process
+    (probe, read, hash: ``hdf5.ReadBeside``) while the caller goes on, when no other thread runs;
+    any other read runs when its result is asked for. A file that is not a model is refused now."""
     path = Path(path)
     try:
-        if not path.is_file():
-            raise ExportError("expected a Keras model file, received a path that "
-                              + ("is a directory" if path.is_dir() else "does not exist"))
+        reader = _reader_for(path)
+    except ExportError as err:
+        raise err.at(file=str(path))
+    if reader is _read_h5 and lazy and can_fork():
+        return _ReadingBeside(path)
+    return Reading(path, reader, lazy)
+
+
+def _reader_for(path: Path) -> Callable[..., Read]:
+    if not path.is_file():
+        raise ExportError("expected a Keras model file, received a path that "
+                          + ("is a directory" if path.is_dir() else "does not exist"))
+    try:
         with path.open("rb") as f:
             head = f.read(8)
-        if head.startswith(HDF5_MAGIC):
-            reader = _read_h5
-        elif head.startswith(ZIP_MAGIC):
-            reader = _read_keras
-        else:
-            raise ExportError("expected an HDF5 (.h5) or zip (.keras) file, received "
-                              + (f"a file starting with {head!r}" if head else "an empty file"))
+    except OSError as err:
+        raise ExportError(f"expected a readable model file, received a damaged or truncated "
+                          f"one ({type(err).__name__}: {err})") from err
+    if head.startswith(HDF5_MAGIC):
+        return _read_h5
+    if head.startswith(ZIP_MAGIC):
+        return _read_keras
+    raise ExportError("expected an HDF5 (.h5) or zip (.keras) file, received "
+                      + (f"a file starting with {head!r}" if head else "an empty file"))
+
+
+def _read_here(path: Path, reader: Callable[..., Read], lazy: bool) -> Model:
+    try:
         # The source's hash overlaps the probe and the read (hashlib releases the GIL). It starts
         # once the probe has forked: a process is never forked while this thread runs. A lazy read
         # leaves it running beside the export (the manifest asks for it last).
@@ -337,3 +418,62 @@ def _close(close: Callable[[], None], digest: Future[str]) -> None:
     failed early does not ask for it; no later read may fork while it runs)."""
     close()
     futures.wait([digest])
+
+
+def _structure_at(path: Path) -> H5Read:
+    with damaged_file_errors(), h5py.File(path, "r") as f:
+        return h5_structure(f, lazy=True)
+
+
+def _sha256_at(path: Path) -> str:
+    with damaged_file_errors():
+        return file_sha256(path)
+
+
+class _ReadingBeside(Reading):
+    """A lazy legacy ``.h5`` read in a child (``hdf5.ReadBeside``); this process then only opens
+    the file for the kernels. Whatever the child could not answer is done here, as
+    :func:`read_model` would."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, _read_h5, True)
+        self.child = ReadBeside(lambda: h5py.File(path, "r"), functools.partial(_structure_at, path),
+                                functools.partial(_sha256_at, path))
+
+    def result(self) -> Model:
+        path = self.path
+        try:
+            answered, value = self.child.read()
+        except ExportError as err:
+            raise err.at(file=str(path))
+        if not answered:
+            return super().result()
+        _config, version, flavour, nodes, ins, outs = value
+        try:
+            close = _reading(str(path), opened_for, nodes, path)
+        except BaseException:
+            self.child.cancel()
+            raise
+        try:
+            _check_arrays(nodes)
+        except ExportError as err:
+            close()
+            self.child.cancel()
+            raise err.at(file=str(path))
+        source = SourceInfo(file=path.name, digest=self._sha256, keras_version=version, flavour=flavour)
+        return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source,
+                     close=functools.partial(self._close, close))
+
+    def _sha256(self) -> str:
+        try:
+            digest = self.child.digest()
+        except ExportError as err:
+            raise err.at(file=str(self.path))
+        return digest if digest is not None else _reading(str(self.path), file_sha256, self.path)
+
+    def _close(self, close: Callable[[], None]) -> None:
+        close()
+        self.child.cancel()
+
+    def cancel(self) -> None:
+        self.child.cancel()

@@ -5,15 +5,23 @@ A corrupt object header can send the HDF5 C library into an endless loop (seen i
 interrupted from Python. :func:`probe` walks the file's structure in a forked child first, under
 a deadline: a file whose structure does not read in time, or that kills the child, is refused
 before the real read starts.
+
+:class:`ReadBeside` goes further for an export's lazy read: its child walks the file, then also
+reads the model (what it sends back is picklable) and hashes the file, each answer sent through a
+pipe as soon as it is known. The process that exports then never walks HDF5 structures itself,
+and its own work (importing the rest of kerasfold) runs meanwhile on the other core.
 """
 from __future__ import annotations
 
 import faulthandler
 import os
+import pickle
 import select
 import signal
+import struct
+import time
 import traceback
-from typing import Callable
+from typing import Any, Callable
 
 import h5py
 
@@ -62,11 +70,7 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None,
         code = 0
         try:
             os.close(done_r)
-            signal.signal(signal.SIGALRM, signal.SIG_DFL)   # never outlive the parent's deadline by
-            signal.alarm(int(seconds) + 2)                  # much, even orphaned and spinning in C
-            faulthandler.disable()                     # a crash here is reported by the parent, in one line
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 2)
+            _child_setup(seconds)
             with open_file() as f:
                 _walk(f)
         except BaseException:
@@ -80,11 +84,166 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None,
     finally:
         os.close(done_r)
     if not ended:
-        os.kill(pid, signal.SIGKILL)
-        os.waitpid(pid, 0)
-        raise ExportError(f"expected an HDF5 file whose structure reads in {seconds:g} s, received "
-                          "one whose reading does not end (damaged HDF5 metadata)")
+        _kill(pid)
+        raise _hangs(seconds)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
-        raise ExportError("expected a readable HDF5 file, received one that crashes the HDF5 library "
-                          f"(signal {os.WTERMSIG(status)}): a damaged file")
+        raise _crashes(status)
+
+
+def _child_setup(seconds: float) -> None:
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)      # never outlive the parent's deadline by
+    signal.alarm(int(seconds) + 2)                     # much, even orphaned and spinning in C
+    faulthandler.disable()                             # a crash here is reported by the parent, in one line
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+def _hangs(seconds: float) -> ExportError:
+    return ExportError(f"expected an HDF5 file whose structure reads in {seconds:g} s, received "
+                       "one whose reading does not end (damaged HDF5 metadata)")
+
+
+def _crashes(status: int) -> ExportError:
+    return ExportError("expected a readable HDF5 file, received one that crashes the HDF5 library "
+                       f"(signal {os.WTERMSIG(status)}): a damaged file")
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def _send(fd: int, answer: tuple[str, Any]) -> None:
+    data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def _receive(fd: int, deadline: float | None) -> tuple[str, Any] | None:
+    """The next answer on ``fd``; None at end of file (the child ended without one); TimeoutError
+    past ``deadline`` (``time.monotonic()``; None: no deadline)."""
+    def exactly(n: int) -> bytes | None:
+        parts, left = [], n
+        while left:
+            if deadline is not None:
+                ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise TimeoutError
+            part = os.read(fd, min(left, 1 << 20))
+            if not part:
+                return None
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+    head = exactly(_LENGTH.size)
+    body = None if head is None else exactly(_LENGTH.unpack(head)[0])
+    return None if body is None else pickle.loads(body)
+
+
+class ReadBeside:
+    """A legacy ``.h5`` probed, read and hashed in a forked child, started now.
+
+    The child walks the file (as :func:`probe`), then calls ``read()``: its value, or the
+    :class:`ExportError` it raised, is the first answer (:meth:`read`), under the probe's
+    deadline. Then it sends the file's sha256 (``digest()``) (:meth:`digest`). A child that
+    hangs or crashes in the walk or the read is refused as the probe refuses it; a child that
+    fails otherwise (a bug of ours, a hash it could not finish) answers nothing, and the caller
+    does that work itself. Only fork where no other thread runs (``kerasfold.forked.can_fork``)."""
+
+    def __init__(self, open_file: Callable[[], h5py.File], read: Callable[[], Any],
+                 digest: Callable[[], str], seconds: float | None = None) -> None:
+        self.seconds = PROBE_SECONDS if seconds is None else seconds
+        fd_read, fd_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(fd_read)
+            _read_in_child(open_file, read, digest, self.seconds, fd_write)
+        os.close(fd_write)
+        self._pid: int | None = pid
+        self._fd: int | None = fd_read
+        self._deadline = time.monotonic() + self.seconds
+
+    def read(self) -> tuple[bool, Any]:
+        """(True, the child's ``read()``), or (False, None) when it could not answer; raises
+        its ExportError, or the probe's error for a file that hangs or crashes the child."""
+        try:
+            answer = _receive(self._fd, self._deadline)
+        except TimeoutError:
+            self.cancel()
+            raise _hangs(self.seconds) from None
+        if answer is None:                             # the child ended: a crash, or a bug of ours
+            status = self._reap()
+            if os.WIFSIGNALED(status):
+                raise _crashes(status)
+            return False, None
+        kind, value = answer
+        if kind == "error":
+            self.cancel()
+            raise value
+        if kind != "read":
+            self.cancel()
+            return False, None
+        return True, value
+
+    def digest(self) -> str | None:
+        """The child's sha256 of the file (waits for it), or None when it sent none."""
+        if self._fd is None:
+            return None
+        try:
+            answer = _receive(self._fd, None)
+        finally:
+            self.cancel()
+        if answer is not None and answer[0] == "error":
+            raise answer[1]
+        return answer[1] if answer is not None and answer[0] == "sha256" else None
+
+    def _reap(self) -> int:
+        os.close(self._fd)
+        self._fd = None
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        return status
+
+    def cancel(self) -> None:
+        """Stop the child (killed if still running) and reap it; idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._pid is not None:
+            _kill(self._pid)
+            self._pid = None
+
+
+def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any], digest: Callable[[], str],
+                   seconds: float, fd: int) -> None:
+    code = 1
+    try:
+        _child_setup(seconds)
+        try:
+            with open_file() as f:
+                _walk(f)
+        except Exception:                              # Python-level: the read reports it precisely
+            pass
+        try:
+            answer: tuple[str, Any] = ("read", read())
+        except ExportError as err:
+            answer = ("error", err)
+        _send(fd, answer)
+        signal.alarm(0)                                # the walk and the read are done: no deadline
+        if answer[0] == "read":
+            try:
+                _send(fd, ("sha256", digest()))
+            except ExportError as err:
+                _send(fd, ("error", err))
+        code = 0
+    except BaseException:
+        pass
+    os._exit(code)

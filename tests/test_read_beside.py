@@ -1,0 +1,186 @@
+"""An export's lazy read of a legacy .h5 runs in a forked child (readers.start_read,
+hdf5.ReadBeside): the child walks the file as the probe does, reads the model with its kernels
+left in the file, and hashes the file; this process only opens the file for the kernels. What it
+gives must be what the read here gives, and every way the child can fail must end as the read here
+would (the same error line, or the work done here)."""
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from kerasfold import forked, readers
+from kerasfold.deferred import Deferred
+from kerasfold.errors import ExportError
+from kerasfold.readers import hdf5
+from models import small
+
+
+@pytest.fixture
+def beside(monkeypatch):
+    """The child path, whatever threads the session runs; every kernel deferred."""
+    if not hasattr(os, "fork"):
+        pytest.skip("no os.fork on this platform")
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    monkeypatch.setattr(readers, "can_fork", lambda: True)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+
+
+def _here(path, monkeypatch):
+    monkeypatch.setattr(readers, "can_fork", lambda: False)
+    reading = readers.start_read(path, lazy=True)
+    assert type(reading) is readers.Reading
+    model = reading.result()
+    monkeypatch.setattr(readers, "can_fork", lambda: True)
+    return model
+
+
+def _in_child(path):
+    reading = readers.start_read(path, lazy=True)
+    assert isinstance(reading, readers._ReadingBeside)
+    return reading, reading.result()
+
+
+def _values(model):
+    return {(n.name, key): np.asarray(w) for n in model for key, w in n.weights.items()}
+
+
+@pytest.mark.parametrize("case", ["tiny-yolo keras2-h5", "tiny-yolo keras3-h5", "shared conv"])
+def test_the_childs_read_is_the_read_here(case, beside, tiny_yolo, small_model, monkeypatch):
+    path = (tiny_yolo[case.split()[1]] if case.startswith("tiny") else small_model(small.shared_conv, "keras3-h5")[1])
+    here = _here(path, monkeypatch)
+    reading, child = _in_child(path)
+    try:
+        assert [(n.name, n.kind, n.config, n.inputs, n.layer) for n in child] == \
+            [(n.name, n.kind, n.config, n.inputs, n.layer) for n in here]
+        assert (child.inputs, child.outputs) == (here.inputs, here.outputs)
+        deferred = [(n.name, k) for n in child for k, w in n.weights.items() if isinstance(w, Deferred)]
+        assert deferred and deferred == [(n.name, k) for n in here for k, w in n.weights.items()
+                                         if isinstance(w, Deferred)]
+        got, want = _values(child), _values(here)
+        assert got.keys() == want.keys()
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key])
+        shared = [n for n in child if n.name != n.layer]             # a layer called twice
+        assert all(n.weights is child[n.layer].weights for n in shared)
+        assert (child.source.file, child.source.keras_version, child.source.flavour) == \
+            (here.source.file, here.source.keras_version, here.source.flavour)
+        assert child.source.sha256 == here.source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    finally:
+        child.close()
+        here.close()
+
+
+def test_this_process_walks_and_reads_no_hdf5_structure(beside, tiny_yolo, monkeypatch):
+    parent = os.getpid()
+    real_structure, real_walk = readers.h5_structure, hdf5._walk
+
+    def only_in_the_child(real):
+        def call(*args, **kwargs):
+            assert os.getpid() != parent, "the parent walked or read the file's structure"
+            return real(*args, **kwargs)
+        return call
+    monkeypatch.setattr(readers, "h5_structure", only_in_the_child(real_structure))
+    monkeypatch.setattr(hdf5, "_walk", only_in_the_child(real_walk))
+    threads = threading.active_count()
+    reading, model = _in_child(tiny_yolo["keras2-h5"])
+    assert threading.active_count() == threads                      # no hashing thread: the child hashes
+    assert model.source.sha256 == hashlib.sha256(tiny_yolo["keras2-h5"].read_bytes()).hexdigest()
+    model.close()
+
+
+def test_an_error_of_the_childs_read_is_the_line_of_the_read_here(beside, tmp_path, monkeypatch):
+    import h5py
+    path = tmp_path / "weights-only.h5"
+    with h5py.File(path, "w") as f:
+        f["w"] = np.zeros((256, 1024), np.float32)
+    lines = []
+    for fork in (False, True):
+        monkeypatch.setattr(readers, "can_fork", lambda fork=fork: fork)
+        with pytest.raises(ExportError, match="weights-only") as caught:
+            readers.read_model(path, lazy=True)
+        lines.append(str(caught.value))
+    assert lines[0] == lines[1] and lines[0].startswith(str(path))
+
+
+def test_a_child_that_hangs_is_refused_after_the_deadline(beside, tiny_yolo, monkeypatch):
+    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 0.3)
+    monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
+    start = time.monotonic()
+    with pytest.raises(ExportError, match="reading does not end"):
+        readers.read_model(tiny_yolo["keras2-h5"], lazy=True)
+    assert time.monotonic() - start < 10
+
+
+def test_a_read_that_crashes_the_child_is_refused(beside, tiny_yolo, monkeypatch):
+    parent = os.getpid()
+
+    def crash(*args, **kwargs):
+        if os.getpid() != parent:
+            os.kill(os.getpid(), signal.SIGSEGV)
+    monkeypatch.setattr(readers, "h5_structure", crash)
+    with pytest.raises(ExportError, match="crashes the HDF5 library"):
+        readers.read_model(tiny_yolo["keras2-h5"], lazy=True)
+
+
+def test_a_bug_in_the_childs_read_is_raised_here_with_its_trace(beside, tiny_yolo, monkeypatch):
+    parent = os.getpid()
+
+    def bug(*args, **kwargs):
+        raise ValueError(f"a bug, raised in {'the child' if os.getpid() != parent else 'this process'}")
+    monkeypatch.setattr(readers, "h5_structure", bug)
+    with pytest.raises(ValueError, match="raised in this process"):
+        readers.read_model(tiny_yolo["keras2-h5"], lazy=True)
+
+
+def test_a_hash_the_child_could_not_send_is_computed_here(beside, tiny_yolo, monkeypatch):
+    parent = os.getpid()
+    real = readers._sha256_at
+
+    def dies(path):
+        if os.getpid() != parent:
+            os._exit(3)
+        return real(path)
+    monkeypatch.setattr(readers, "_sha256_at", dies)
+    reading, model = _in_child(tiny_yolo["keras2-h5"])
+    assert model.source.sha256 == hashlib.sha256(tiny_yolo["keras2-h5"].read_bytes()).hexdigest()
+    model.close()
+
+
+def test_the_childs_hashing_error_names_the_file(beside, tiny_yolo, monkeypatch):
+    parent = os.getpid()
+
+    def damaged(path):
+        assert os.getpid() != parent
+        raise ExportError("expected a readable model file, received a damaged or truncated one (OSError: EIO)")
+    monkeypatch.setattr(readers, "_sha256_at", damaged)
+    reading, model = _in_child(tiny_yolo["keras2-h5"])
+    with pytest.raises(ExportError) as caught:
+        model.source.sha256
+    assert str(caught.value) == (f"{tiny_yolo['keras2-h5']}: expected a readable model file, received a "
+                                 "damaged or truncated one (OSError: EIO)")
+    model.close()
+
+
+def test_closing_the_model_stops_and_reaps_the_child(beside, tiny_yolo, monkeypatch):
+    monkeypatch.setattr(readers, "_sha256_at", lambda path: time.sleep(60))     # still hashing at close
+    reading, model = _in_child(tiny_yolo["keras2-h5"])
+    pid = reading.child._pid
+    start = time.monotonic()
+    model.close()
+    assert time.monotonic() - start < 5
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def test_a_read_given_up_before_its_result_reaps_the_child(beside, tiny_yolo):
+    reading = readers.start_read(tiny_yolo["keras2-h5"], lazy=True)
+    pid = reading.child._pid
+    reading.cancel()
+    with pytest.raises(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)

@@ -8,9 +8,10 @@ record: the BatchNormalizations folded into it and the nodes fused into it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from .ops import Op
+if TYPE_CHECKING:                  # an annotation only: the readers import this module before the
+    from .ops import Op            # operations are needed (kerasfold.pipeline)
 
 Shape = tuple
 

@@ -108,13 +108,42 @@ def test_an_error_of_the_childs_read_is_the_line_of_the_read_here(beside, tmp_pa
     assert lines[0] == lines[1] and lines[0].startswith(str(path))
 
 
-def test_a_child_that_hangs_is_refused_after_the_deadline(beside, tiny_yolo, monkeypatch):
+def test_a_read_that_hangs_in_the_child_is_refused_after_the_deadline(beside, tiny_yolo, monkeypatch):
     monkeypatch.setattr(hdf5, "PROBE_SECONDS", 0.3)
-    monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
+    monkeypatch.setattr(readers, "h5_structure", lambda f, lazy: time.sleep(60))
     start = time.monotonic()
     with pytest.raises(ExportError, match="reading does not end"):
         readers.read_model(tiny_yolo["keras2-h5"], lazy=True)
     assert time.monotonic() - start < 10
+
+
+@pytest.mark.parametrize("how", ["hangs", "crashes"])
+def test_a_walk_that_hangs_or_crashes_fails_the_hash_and_any_h5py_read(how, beside, tiny_yolo, monkeypatch):
+    """The child sends the model before it walks the file: the walk's verdict comes with the hash
+    (which the manifest needs), and before any kernel is read through the HDF5 library."""
+    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 0.3)
+    if how == "hangs":
+        monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
+    else:
+        monkeypatch.setattr(hdf5, "_walk", lambda f: os.kill(os.getpid(), signal.SIGSEGV))
+    message = "reading does not end" if how == "hangs" else "crashes the HDF5 library"
+    reading, model = _in_child(tiny_yolo["keras2-h5"])
+    kernel = next(w for n in model for w in n.weights.values() if isinstance(w, Deferred))
+    try:
+        with pytest.raises(ExportError, match=message) as caught:
+            model.source.sha256
+        assert str(caught.value).startswith(f"{tiny_yolo['keras2-h5']}: ")
+        assert kernel.read().shape == kernel.stored[0]              # its bytes need no HDF5 call
+    finally:
+        model.close()
+    monkeypatch.setattr(readers, "_raw_offset", lambda dataset: None)   # as a chunked kernel: h5py reads it
+    reading, model = _in_child(tiny_yolo["keras2-h5"])
+    kernel = next(w for n in model for w in n.weights.values() if isinstance(w, Deferred))
+    try:
+        with pytest.raises(ExportError, match=message):
+            kernel.read()
+    finally:
+        model.close()
 
 
 def test_a_read_that_crashes_the_child_is_refused(beside, tiny_yolo, monkeypatch):
@@ -184,3 +213,41 @@ def test_a_read_given_up_before_its_result_reaps_the_child(beside, tiny_yolo):
     reading.cancel()
     with pytest.raises(ChildProcessError):
         os.waitpid(pid, os.WNOHANG)
+
+
+@pytest.mark.parametrize("storage", ["contiguous", "chunked", "compressed"])
+def test_kernels_read_as_bytes_or_through_h5py_equal_h5pys_values(storage, tmp_path):
+    """A contiguous kernel is read as the file's bytes at its offset; a chunked or compressed one
+    (no offset) through h5py; both give what h5py gives."""
+    import h5py
+    path = tmp_path / "k.h5"
+    values = np.random.default_rng(1).standard_normal((3, 3, 64, 128)).astype(np.float32)
+    options = {"contiguous": {}, "chunked": {"chunks": (3, 3, 16, 32)},
+               "compressed": {"chunks": (3, 3, 16, 32), "compression": "gzip"}}[storage]
+    with h5py.File(path, "w") as f:
+        f.create_dataset("g/kernel", data=values, **options)
+        offset = readers._raw_offset(f["g/kernel"])
+    assert (offset is not None) == (storage == "contiguous")
+    kernels = readers.Kernels(path)
+    try:
+        got = kernels.value(readers.Stored("/g/kernel", values.shape, values.dtype, offset))
+    finally:
+        kernels.close()
+    np.testing.assert_array_equal(got, values)
+
+
+def test_a_kernel_cut_short_is_the_damaged_file_line(tiny_yolo, tmp_path, beside):
+    """The file shrinks after the read (its kernels' bytes are read later): one line, exit 2's."""
+    path = tmp_path / "m.h5"
+    path.write_bytes(tiny_yolo["keras2-h5"].read_bytes())
+    reading, model = _in_child(path)
+    try:
+        kernel = max((w for n in model for w in n.weights.values() if isinstance(w, Deferred)), key=lambda w: w.size)
+        with open(path, "r+b") as f:
+            f.truncate(kernel.stored[1].itemsize * kernel.size // 2)
+        with pytest.raises(ExportError) as caught:
+            kernel.read()
+        assert str(caught.value).startswith(f"{path}: expected a readable model file, received a damaged or "
+                                            "truncated one (EOFError: ")
+    finally:
+        model.close()

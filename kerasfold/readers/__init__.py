@@ -15,7 +15,7 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterator, TypeVar
+from typing import Any, BinaryIO, Callable, Iterator, TypeVar
 
 import h5py
 import numpy as np
@@ -92,38 +92,86 @@ def _stored(dataset: h5py.Dataset) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class Stored:
-    """A weight left in the file by a lazy read: its dataset's path, shape and dtype. Picklable
-    (a read in a child process sends it); :func:`deferred_from` makes it a :class:`Deferred`."""
+    """A weight left in the file by a lazy read: its dataset's path, shape and dtype, and where
+    its bytes lie when the file holds them as they are (``offset``; else None: read through
+    h5py). Picklable (a read in a child process sends it); :class:`Kernels` reads it."""
     dataset: str
     shape: tuple[int, ...]
     dtype: np.dtype
+    offset: int | None = None
+
+
+def _raw_offset(dataset: h5py.Dataset) -> int | None:
+    """Where ``dataset``'s values lie in the file as numpy's bytes of its dtype: contiguous
+    storage in the file itself, of the standard type of that dtype, all of it allocated. Else
+    None (chunked, compressed, external, or a type the library converts on reading)."""
+    plist = dataset.id.get_create_plist()
+    if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_external_count():
+        return None
+    if not dataset.id.get_type().equal(h5py.h5t.py_create(dataset.dtype)):
+        return None
+    offset = dataset.id.get_offset()
+    if offset is None or dataset.id.get_storage_size() != dataset.size * dataset.dtype.itemsize:
+        return None
+    return int(offset)
 
 
 def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Stored:
     if lazy and _deferrable(name, dataset.dtype, dataset.shape):
-        return Stored(dataset.name, tuple(dataset.shape), np.dtype(dataset.dtype))
+        return Stored(dataset.name, tuple(dataset.shape), np.dtype(dataset.dtype), _raw_offset(dataset))
     return _stored(dataset)
 
 
-def _value_at(f: h5py.File, name: str) -> np.ndarray:
-    return _stored(f[name])
+class Kernels:
+    """Where a lazy read's :class:`Stored` weights are read from when a target needs them: the
+    file's bytes at their offset (no HDF5 library call), else through h5py, the file opened on
+    first use once ``ready()`` has returned (a read in a child: the file's walk has ended well)."""
 
+    def __init__(self, path: Path, ready: Callable[[], None] = lambda: None) -> None:
+        self.path, self.ready = path, ready
+        self._raw: BinaryIO | None = None
+        self._h5: h5py.File | None = None
 
-def _read_into_at(f: h5py.File, name: str, out: np.ndarray) -> None:
-    f[name].read_direct(out)
+    def into(self, stored: Stored, out: np.ndarray) -> None:
+        if stored.offset is None:
+            if self._h5 is None:
+                self.ready()
+                self._h5 = h5py.File(self.path, "r")
+            self._h5[stored.dataset].read_direct(out)
+            return
+        if self._raw is None:
+            self._raw = open(self.path, "rb", buffering=0)
+        memory = memoryview(out.reshape(-1).view(np.uint8))
+        self._raw.seek(stored.offset)
+        done = 0
+        while done < len(memory):
+            got = self._raw.readinto(memory[done:])
+            if not got:
+                raise EOFError(f"{stored.dataset} holds {done} of its {len(memory)} bytes")
+            done += got
 
+    def value(self, stored: Stored) -> np.ndarray:
+        out = np.empty(stored.shape, stored.dtype)
+        self.into(stored, out)
+        return out
 
-def deferred_from(nodes: list[Node], f: h5py.File) -> bool:
-    """Each :class:`Stored` weight of ``nodes`` as a :class:`Deferred` reading it from ``f`` (open
-    until the model is closed); whether there was any. Shared weight dicts are replaced once."""
-    path, found = f.filename, False
-    for weights in {id(n.weights): n.weights for n in nodes}.values():
-        for key, w in weights.items():
-            if isinstance(w, Stored):
-                weights[key] = Deferred(functools.partial(_reading, path, _value_at, f, w.dataset), w.shape, w.dtype,
-                                        read_into=functools.partial(_reading, path, _read_into_at, f, w.dataset))
-                found = True
-    return found
+    def deferred(self, nodes: list[Node]) -> bool:
+        """Each :class:`Stored` weight of ``nodes`` as a :class:`Deferred` read from here; whether
+        there was any. Shared weight dicts are replaced once."""
+        path, found = str(self.path), False
+        for weights in {id(n.weights): n.weights for n in nodes}.values():
+            for key, w in weights.items():
+                if isinstance(w, Stored):
+                    weights[key] = Deferred(functools.partial(_reading, path, self.value, w), w.shape, w.dtype,
+                                            read_into=functools.partial(_reading, path, self.into, w))
+                    found = True
+        return found
+
+    def close(self) -> None:
+        for f in (self._raw, self._h5):
+            if f is not None:
+                f.close()
+        self._raw = self._h5 = None
 
 
 def _deferrable(name: str, dtype: np.dtype, shape: tuple[int, ...]) -> bool:
@@ -275,25 +323,12 @@ def h5_structure(f: h5py.File, lazy: bool) -> H5Read:
     return config, version, "keras3-h5" if version.startswith("3") else "keras2-h5", nodes, ins, outs
 
 
-def opened_for(nodes: list[Node], path: Path) -> Callable[[], None]:
-    """The file opened for ``nodes``' :class:`Stored` weights (:func:`deferred_from`), and how to
-    close it; none opened when there are none."""
-    if not any(isinstance(w, Stored) for n in nodes for w in n.weights.values()):
-        return _nothing
-    f = h5py.File(path, "r")
-    try:
-        deferred_from(nodes, f)
-    except BaseException:
-        f.close()
-        raise
-    return f.close
-
-
 def _read_h5(path: Path, probed: Probed, lazy: bool) -> Read:
     probe(lambda: h5py.File(path, "r"), forked=probed)
     with h5py.File(path, "r") as f:
         config, version, flavour, nodes, ins, outs = h5_structure(f, lazy)
-    return config, version, flavour, nodes, ins, outs, opened_for(nodes, path)
+    kernels = Kernels(path)
+    return config, version, flavour, nodes, ins, outs, (kernels.close if kernels.deferred(nodes) else _nothing)
 
 
 def _member(z: zipfile.ZipFile, name: str) -> bytes:
@@ -431,8 +466,9 @@ def _sha256_at(path: Path) -> str:
 
 
 class _ReadingBeside(Reading):
-    """A lazy legacy ``.h5`` read in a child (``hdf5.ReadBeside``); this process then only opens
-    the file for the kernels. Whatever the child could not answer is done here, as
+    """A lazy legacy ``.h5`` read in a child (``hdf5.ReadBeside``); this process then only reads
+    the kernels' bytes (:class:`Kernels`). The file's walk is waited for with its hash, or before
+    a kernel is read through h5py. Whatever the child could not answer is done here, as
     :func:`read_model` would."""
 
     def __init__(self, path: Path) -> None:
@@ -449,20 +485,23 @@ class _ReadingBeside(Reading):
         if not answered:
             return super().result()
         _config, version, flavour, nodes, ins, outs = value
-        try:
-            close = _reading(str(path), opened_for, nodes, path)
-        except BaseException:
-            self.child.cancel()
-            raise
+        kernels = Kernels(path, ready=self._walked)
+        kernels.deferred(nodes)
+        close = kernels.close
         try:
             _check_arrays(nodes)
         except ExportError as err:
-            close()
             self.child.cancel()
             raise err.at(file=str(path))
         source = SourceInfo(file=path.name, digest=self._sha256, keras_version=version, flavour=flavour)
         return Model(nodes={n.name: n for n in nodes}, inputs=ins, outputs=outs, source=source,
                      close=functools.partial(self._close, close))
+
+    def _walked(self) -> None:
+        try:
+            self.child.walked()
+        except ExportError as err:
+            raise err.at(file=str(self.path))
 
     def _sha256(self) -> str:
         try:

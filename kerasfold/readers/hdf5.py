@@ -6,10 +6,13 @@ interrupted from Python. :func:`probe` walks the file's structure in a forked ch
 a deadline: a file whose structure does not read in time, or that kills the child, is refused
 before the real read starts.
 
-:class:`ReadBeside` goes further for an export's lazy read: its child walks the file, then also
-reads the model (what it sends back is picklable) and hashes the file, each answer sent through a
-pipe as soon as it is known. The process that exports then never walks HDF5 structures itself,
-and its own work (importing the rest of kerasfold) runs meanwhile on the other core.
+:class:`ReadBeside` goes further for an export's lazy read: its child reads the model (what it
+sends back is picklable, the large kernels as offsets into the file), then walks the file, then
+hashes it, each answer sent through a pipe as soon as it is known. The process that exports never
+walks HDF5 structures itself, and its own work (importing the rest of kerasfold, lowering the
+model) runs meanwhile on the other core; it reads the kernels' bytes without the HDF5 library,
+so it needs the walk's verdict only before its result counts (with the file's hash), or before
+reading a kernel through h5py.
 """
 from __future__ import annotations
 
@@ -149,14 +152,15 @@ def _receive(fd: int, deadline: float | None) -> tuple[str, Any] | None:
 
 
 class ReadBeside:
-    """A legacy ``.h5`` probed, read and hashed in a forked child, started now.
+    """A legacy ``.h5`` read, probed and hashed in a forked child, started now.
 
-    The child walks the file (as :func:`probe`), then calls ``read()``: its value, or the
-    :class:`ExportError` it raised, is the first answer (:meth:`read`), under the probe's
-    deadline. Then it sends the file's sha256 (``digest()``) (:meth:`digest`). A child that
-    hangs or crashes in the walk or the read is refused as the probe refuses it; a child that
-    fails otherwise (a bug of ours, a hash it could not finish) answers nothing, and the caller
-    does that work itself. Only fork where no other thread runs (``kerasfold.forked.can_fork``)."""
+    The child calls ``read()``: its value, or the :class:`ExportError` it raised, is the first
+    answer (:meth:`read`). Then it walks the file as :func:`probe` does (:meth:`walked`); the
+    read and the walk are under the probe's deadline, counted from the fork. Then it sends the
+    file's sha256, ``digest()`` (:meth:`digest`). A child that hangs or crashes in the read or the
+    walk is refused as the probe refuses it; a child that fails otherwise (a bug of ours, a hash
+    it could not finish) answers nothing, and the caller does that work itself. Only fork where
+    no other thread runs (``kerasfold.forked.can_fork``)."""
 
     def __init__(self, open_file: Callable[[], h5py.File], read: Callable[[], Any],
                  digest: Callable[[], str], seconds: float | None = None) -> None:
@@ -170,10 +174,11 @@ class ReadBeside:
         self._pid: int | None = pid
         self._fd: int | None = fd_read
         self._deadline = time.monotonic() + self.seconds
+        self._walked = False
 
-    def read(self) -> tuple[bool, Any]:
-        """(True, the child's ``read()``), or (False, None) when it could not answer; raises
-        its ExportError, or the probe's error for a file that hangs or crashes the child."""
+    def _next(self) -> tuple[str, Any] | None:
+        """The child's next answer under the deadline; None when it ended without one (not by a
+        signal); the probe's errors for a child that hangs or crashes."""
         try:
             answer = _receive(self._fd, self._deadline)
         except TimeoutError:
@@ -181,8 +186,17 @@ class ReadBeside:
             raise _hangs(self.seconds) from None
         if answer is None:                             # the child ended: a crash, or a bug of ours
             status = self._reap()
+            if os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGALRM:
+                raise _hangs(self.seconds)             # its own deadline ended it
             if os.WIFSIGNALED(status):
                 raise _crashes(status)
+        return answer
+
+    def read(self) -> tuple[bool, Any]:
+        """(True, the child's ``read()``), or (False, None) when it could not answer; raises
+        its ExportError, or the probe's error for a file that hangs or crashes the child."""
+        answer = self._next()
+        if answer is None:
             return False, None
         kind, value = answer
         if kind == "error":
@@ -193,8 +207,21 @@ class ReadBeside:
             return False, None
         return True, value
 
+    def walked(self) -> None:
+        """Return once the child has walked the file (after :meth:`read` answered); the probe's
+        errors for a file whose walk hangs or crashes."""
+        if self._walked:
+            return
+        answer = self._next() if self._fd is not None else None
+        if answer is None or answer[0] != "walked":    # not a signal, not the file: a bug of ours
+            self.cancel()
+            raise RuntimeError(f"the reading child ended before walking the file (it said {answer!r:.80})")
+        self._walked = True
+
     def digest(self) -> str | None:
-        """The child's sha256 of the file (waits for it), or None when it sent none."""
+        """The child's sha256 of the file (waits for it, the walk's verdict first), or None when
+        it sent none."""
+        self.walked()
         if self._fd is None:
             return None
         try:
@@ -228,17 +255,18 @@ def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any], 
     try:
         _child_setup(seconds)
         try:
-            with open_file() as f:
-                _walk(f)
-        except Exception:                              # Python-level: the read reports it precisely
-            pass
-        try:
             answer: tuple[str, Any] = ("read", read())
         except ExportError as err:
             answer = ("error", err)
         _send(fd, answer)
-        signal.alarm(0)                                # the walk and the read are done: no deadline
         if answer[0] == "read":
+            try:
+                with open_file() as f:
+                    _walk(f)
+            except Exception:                          # Python-level: the read reports what it reads
+                pass
+            _send(fd, ("walked", None))
+            signal.alarm(0)                            # the read and the walk are done: no deadline
             try:
                 _send(fd, ("sha256", digest()))
             except ExportError as err:

@@ -22,6 +22,7 @@ from .readers.layers import Model
 from .targets.mps.out_dir import start_out_check
 
 if TYPE_CHECKING:
+    from .forked import Pending
     from .graph import Graph
     from .targets.mps.float16 import HalfStats
     from .targets.mps.writer import Progress
@@ -130,10 +131,12 @@ def _stages() -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 
 def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOptions(), *,
-           progress: Progress | None = None, remember: bool = False) -> ExportResult:
+           progress: Progress | None = None, remember: bool = False,
+           out_check: Pending | None = None) -> ExportResult:
     """Export ``model`` to ``out``; raises :class:`ExportError` on bad input, leaving ``out`` as it was.
     ``progress(entries written, entries, bytes written)`` is called as the files are written;
-    ``remember`` keeps the model's read for a verification that follows (:func:`read`)."""
+    ``remember`` keeps the model's read for a verification that follows (:func:`read`);
+    ``out_check``: OUT's check (``out_dir.start_out_check(out)``) when the caller started it."""
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
@@ -142,7 +145,7 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     # export streams: each large kernel is read, folded, laid out and written in turn (peak
     # memory: about one layer). Kept for a verification, or from a .keras zip, the read is whole,
     # and its large kernels go through the same fused pass (no whole float64 copies).
-    out_check = start_out_check(Path(out))
+    out_check = out_check or start_out_check(Path(out))
     reading = None
     try:
         reading = None if remember else start_read(model, lazy=True)

@@ -154,3 +154,25 @@ def test_a_command_exits_with_its_code_and_output(small_model, tmp_path):
     bad = subprocess.run([sys.executable, "-m", "kerasfold.yolo2metal", str(tmp_path / "none.h5"),
                           str(tmp_path / "out2")], cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
+
+
+def test_the_command_starts_outs_check_before_numpy_is_imported(small_model, small_export, tmp_path):
+    """The command line forks OUT's check first: it runs on the other core while numpy and h5py
+    are imported here."""
+    _, model = small_model(small.conv_bn_act, channels=6)
+    out = copy_tree(small_export, tmp_path / "out")
+    proc = _python("""
+        import sys
+        from kerasfold.targets.mps import out_dir
+        from kerasfold.yolo2metal import main
+        seen = []
+        real = out_dir.beside
+        def beside(*args):
+            seen.append("numpy" in sys.modules)
+            return real(*args)
+        out_dir.beside = beside
+        code = main([sys.argv[1], sys.argv[2], "-q"])
+        print(code, seen)
+    """, model, str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split(maxsplit=1) == ["0", "[False]"]

@@ -175,4 +175,4 @@ def test_the_command_starts_outs_check_before_numpy_is_imported(small_model, sma
         print(code, seen)
     """, model, str(out))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split(maxsplit=1) == ["0", "[False]"]
+    assert proc.stdout.split() == ["0", "[False]"]

@@ -14,7 +14,7 @@ the values it wrote are not all finite, so a good export never computes the valu
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -126,16 +126,26 @@ class Deferred:
 
 class Scratch:
     """One block of memory reused for every stored array read in turn (no fresh pages to fault
-    in for each layer): :meth:`array` is valid until the next call."""
+    in for each layer): :meth:`array` is valid until the next call. Sized at once for the
+    largest of ``weights`` (:func:`stored_nbytes`), it is allocated once: growing it layer by
+    layer faulted in fresh pages each time (62.5 MB instead of 37.7 on tiny-yolo-voc)."""
 
-    def __init__(self) -> None:
-        self._memory = np.empty(0, np.uint8)
+    def __init__(self, weights: Iterable[Any] = ()) -> None:
+        self._memory = np.empty(max(map(stored_nbytes, weights), default=0), np.uint8)
 
     def array(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
         if self._memory.size < nbytes:
             self._memory = np.empty(nbytes, np.uint8)
         return self._memory[:nbytes].view(dtype).reshape(shape)
+
+
+def stored_nbytes(weight: Any) -> int:
+    """How many bytes a deferred weight reads into a :class:`Scratch` (0 for anything else)."""
+    if not isinstance(weight, Deferred) or weight.read_into is None:
+        return 0
+    shape, dtype = weight.stored
+    return int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
 def multiply64(array: np.ndarray | Deferred, factor: np.ndarray) -> np.ndarray | Deferred:

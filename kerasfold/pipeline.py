@@ -132,11 +132,12 @@ def _stages() -> tuple[Callable[..., Any], Callable[..., Any]]:
 
 def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOptions(), *,
            progress: Progress | None = None, remember: bool = False,
-           out_check: Pending | None = None) -> ExportResult:
+           out_check: Pending | None = None, hashed: Pending | None = None) -> ExportResult:
     """Export ``model`` to ``out``; raises :class:`ExportError` on bad input, leaving ``out`` as it was.
     ``progress(entries written, entries, bytes written)`` is called as the files are written;
     ``remember`` keeps the model's read for a verification that follows (:func:`read`);
-    ``out_check``: OUT's check (``out_dir.start_out_check(out)``) when the caller started it."""
+    ``out_check``: OUT's check (``out_dir.start_out_check(out)``) when the caller started it;
+    ``hashed``: the model file's sha256 when the caller started it (``readers.start_read``)."""
     if options.dtype not in DTYPES:
         raise ExportError(f"expected dtype in {DTYPES}, received {options.dtype!r}")
     start = time.perf_counter()
@@ -148,7 +149,7 @@ def export(model: str | Path, out: str | Path, options: ExportOptions = ExportOp
     out_check = out_check or start_out_check(Path(out))
     reading = None
     try:
-        reading = None if remember else start_read(model, lazy=True)
+        reading = None if remember else start_read(model, lazy=True, hashed=hashed)
         emit, write_export = _stages()
         raw = reading.result() if reading is not None else read(model, remember=True)
     except BaseException:

@@ -6,6 +6,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .cli import leave, parse_size, report, run, single_threaded_blas
+from .digest import file_sha256
+from .forked import beside
 from .targets.mps.out_dir import start_out_check
 from .progress import progress_line
 from . import DTYPES
@@ -58,18 +60,21 @@ def main(argv: list[str] | None = None) -> int:
         single_threaded_blas()
 
     def job() -> int:
-        # OUT's check first (jsonschema: ~0.1 s of CPU), in a child process that runs on the other
-        # core while this one imports numpy and h5py
+        # OUT's check (jsonschema: ~0.1 s of CPU) and the model's sha256 first, in child processes
+        # that run on the other core while this one imports numpy and h5py
         out_check = start_out_check(Path(args.out))
+        hashed = None if args.verify else beside(file_sha256, Path(args.model))
         line = None
         try:
             from .pipeline import export                     # numpy from here on
             options = export_options(args)
             line = progress_line(PROG, quiet=args.quiet)
             result = export(args.model, args.out, options, progress=line, remember=args.verify,
-                            out_check=out_check)
+                            out_check=out_check, hashed=hashed)
         finally:
             out_check.cancel()
+            if hashed is not None:
+                hashed.cancel()
             if line is not None:
                 line.close()
 

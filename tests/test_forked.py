@@ -156,23 +156,24 @@ def test_a_command_exits_with_its_code_and_output(small_model, tmp_path):
     assert bad.returncode == 2 and bad.stdout == "" and bad.stderr.count("\n") == 1
 
 
-def test_the_command_starts_outs_check_before_numpy_is_imported(small_model, small_export, tmp_path):
-    """The command line forks OUT's check first: it runs on the other core while numpy and h5py
-    are imported here."""
+def test_the_command_starts_outs_check_and_the_hash_before_numpy_is_imported(small_model, small_export,
+                                                                             tmp_path):
+    """The command line forks OUT's check and the model's hash first: they run on the other core
+    while numpy and h5py are imported here."""
     _, model = small_model(small.conv_bn_act, channels=6)
     out = copy_tree(small_export, tmp_path / "out")
     proc = _python("""
         import sys
+        from kerasfold import yolo2metal
         from kerasfold.targets.mps import out_dir
-        from kerasfold.yolo2metal import main
         seen = []
         real = out_dir.beside
-        def beside(*args):
-            seen.append("numpy" in sys.modules)
-            return real(*args)
-        out_dir.beside = beside
-        code = main([sys.argv[1], sys.argv[2], "-q"])
-        print(code, seen)
+        def beside(fn, *args):
+            seen.append(f"{fn.__name__}:{'numpy' in sys.modules}")
+            return real(fn, *args)
+        out_dir.beside = yolo2metal.beside = beside
+        code = yolo2metal.main([sys.argv[1], sys.argv[2], "-q"])
+        print(code, *seen)
     """, model, str(out))
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.split() == ["0", "[False]"]
+    assert proc.stdout.split() == ["0", "check_out_dir:False", "file_sha256:False"]

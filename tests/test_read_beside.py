@@ -251,3 +251,26 @@ def test_a_kernel_cut_short_is_the_damaged_file_line(tiny_yolo, tmp_path, beside
                                             "truncated one (EOFError: ")
     finally:
         model.close()
+
+
+@pytest.mark.parametrize("hash_child", ["answers", "dies"])
+def test_a_hash_started_before_the_read_is_the_sources(hash_child, beside, tiny_yolo, monkeypatch):
+    """The command line hashes the model in a child of its own before it imports numpy; the
+    reading child then does not hash it, and a hash child that died has its work done here."""
+    from kerasfold.digest import file_sha256
+    path = tiny_yolo["keras2-h5"]
+    parent = os.getpid()
+
+    def dies(p):
+        if os.getpid() != parent:
+            os._exit(3)
+        return file_sha256(p)
+    hashed = forked.beside(file_sha256 if hash_child == "answers" else dies, path)
+    monkeypatch.setattr(readers, "_sha256_at", lambda p: "0" * 64)      # the reading child must not hash
+    reading = readers.start_read(path, lazy=True, hashed=hashed)
+    model = reading.result()
+    try:
+        assert model.source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    finally:
+        model.close()
+        hashed.cancel()

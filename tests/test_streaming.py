@@ -317,3 +317,21 @@ def test_kernels_read_whole_take_the_same_pass(how, dtype, tmp_path, monkeypatch
     if remember:
         kept = pipeline.read(path, reuse=True)
         assert all(isinstance(w, np.ndarray) for layer in kept for w in layer.weights.values())
+
+
+def test_the_read_memory_is_allocated_once_at_the_largest_kernels_size():
+    """Every deferred kernel is read into one block sized for the largest at once: growing it
+    layer by layer faulted in fresh pages at each step."""
+    from kerasfold.deferred import Scratch
+
+    def kernel(shape):
+        return Deferred(lambda: np.zeros(shape, np.float32), shape, np.dtype(np.float32),
+                        read_into=lambda out: None)
+    small, large = kernel((3, 3, 16, 32)), kernel((3, 3, 64, 128))
+    scratch = Scratch([small, np.zeros(10), large, small])
+    memory = scratch._memory
+    assert memory.nbytes == large.size * 4
+    for k in (small, large, small):
+        view = scratch.array(*k.stored)
+        assert view.shape == k.shape and np.shares_memory(view, memory)
+    assert scratch._memory is memory

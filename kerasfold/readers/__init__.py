@@ -23,7 +23,7 @@ import numpy as np
 from ..deferred import Deferred
 from ..digest import file_sha256
 from ..errors import ExportError
-from ..forked import can_fork
+from ..forked import Pending, can_fork
 from ..graph import SourceInfo
 from .layers import Layer as Node, Model
 from .config import MODEL_CLASSES, class_of, name_of, parse_model_config
@@ -386,17 +386,19 @@ class Reading:
         """Give up the read (its child, if any, is stopped); harmless after :meth:`result`."""
 
 
-def start_read(path: str | Path, lazy: bool = False) -> Reading:
+def start_read(path: str | Path, lazy: bool = False, hashed: Pending | None = None) -> Reading:
     """:func:`read_model`, started: a lazy read of a legacy ``.h5`` runs in a forked child process
     (probe, read, hash: ``hdf5.ReadBeside``) while the caller goes on, when no other thread runs;
-    any other read runs when its result is asked for. A file that is not a model is refused now."""
+    any other read runs when its result is asked for. A file that is not a model is refused now.
+    ``hashed``: the file's sha256 being computed already (the command line starts it before it
+    imports numpy); the child then does not hash it."""
     path = Path(path)
     try:
         reader = _reader_for(path)
     except ExportError as err:
         raise err.at(file=str(path))
     if reader is _read_h5 and lazy and can_fork():
-        return _ReadingBeside(path)
+        return _ReadingBeside(path, hashed)
     return Reading(path, reader, lazy)
 
 
@@ -471,10 +473,11 @@ class _ReadingBeside(Reading):
     a kernel is read through h5py. Whatever the child could not answer is done here, as
     :func:`read_model` would."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, hashed: Pending | None = None) -> None:
         super().__init__(path, _read_h5, True)
+        self.hashed = hashed
         self.child = ReadBeside(lambda: h5py.File(path, "r"), functools.partial(_structure_at, path),
-                                functools.partial(_sha256_at, path))
+                                None if hashed is not None else functools.partial(_sha256_at, path))
 
     def result(self) -> Model:
         path = self.path
@@ -504,11 +507,14 @@ class _ReadingBeside(Reading):
             raise err.at(file=str(self.path))
 
     def _sha256(self) -> str:
+        path = str(self.path)
         try:
-            digest = self.child.digest()
+            digest = self.child.digest()                 # after the walk's verdict
         except ExportError as err:
-            raise err.at(file=str(self.path))
-        return digest if digest is not None else _reading(str(self.path), file_sha256, self.path)
+            raise err.at(file=path)
+        if digest is None and self.hashed is not None:
+            digest = _reading(path, self.hashed.result)  # a failed child's work is redone here
+        return digest if digest is not None else _reading(path, file_sha256, self.path)
 
     def _close(self, close: Callable[[], None]) -> None:
         close()

@@ -157,13 +157,13 @@ class ReadBeside:
     The child calls ``read()``: its value, or the :class:`ExportError` it raised, is the first
     answer (:meth:`read`). Then it walks the file as :func:`probe` does (:meth:`walked`); the
     read and the walk are under the probe's deadline, counted from the fork. Then it sends the
-    file's sha256, ``digest()`` (:meth:`digest`). A child that hangs or crashes in the read or the
+    file's sha256, ``digest()`` (:meth:`digest`; None: no hash). A child that hangs or crashes in the read or the
     walk is refused as the probe refuses it; a child that fails otherwise (a bug of ours, a hash
     it could not finish) answers nothing, and the caller does that work itself. Only fork where
     no other thread runs (``kerasfold.forked.can_fork``)."""
 
     def __init__(self, open_file: Callable[[], h5py.File], read: Callable[[], Any],
-                 digest: Callable[[], str], seconds: float | None = None) -> None:
+                 digest: Callable[[], str] | None, seconds: float | None = None) -> None:
         self.seconds = PROBE_SECONDS if seconds is None else seconds
         fd_read, fd_write = os.pipe()
         pid = os.fork()
@@ -249,8 +249,8 @@ class ReadBeside:
             self._pid = None
 
 
-def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any], digest: Callable[[], str],
-                   seconds: float, fd: int) -> None:
+def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any],
+                   digest: Callable[[], str] | None, seconds: float, fd: int) -> None:
     code = 1
     try:
         _child_setup(seconds)
@@ -268,7 +268,8 @@ def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any], 
             _send(fd, ("walked", None))
             signal.alarm(0)                            # the read and the walk are done: no deadline
             try:
-                _send(fd, ("sha256", digest()))
+                if digest is not None:
+                    _send(fd, ("sha256", digest()))
             except ExportError as err:
                 _send(fd, ("error", err))
         code = 0

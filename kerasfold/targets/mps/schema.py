@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 from functools import lru_cache
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ _JSON_TYPES = {dict: "object", list: "array", str: "string", bool: "boolean", in
 @lru_cache(maxsize=None)
 def schema() -> dict[str, Any]:
     """The manifest's JSON Schema (draft 2020-12), read once from the installed package."""
+    from importlib import resources         # ~10 ms: only a validation needs it, not an export
     return json.loads(resources.files("kerasfold").joinpath(SCHEMA).read_text(encoding="utf-8"))
 
 

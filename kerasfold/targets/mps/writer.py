@@ -78,7 +78,7 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
     """Every entry's tensors into ``stage``; the manifest's layers, their hashes still futures."""
     layers = []
     written = 0
-    scratch = Scratch()                         # every deferred kernel is read into the same memory
+    scratch = Scratch(t.array for e in entries for t in e.tensors.values())   # every kernel read into it
     for i, e in enumerate(entries):
         meta = dict(e.meta)
         for key, tensor in e.tensors.items():

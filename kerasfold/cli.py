@@ -45,6 +45,9 @@ def run(main: Callable[[], int], prog: str) -> int:
                   "do not (MemoryError)", file=sys.stderr)
         except KeyboardInterrupt:
             code = 130
+        except BrokenPipeError:                              # stdout closed by its reader (| head):
+            code = 120                                       # nothing left to tell it, as Python exits
+            _quiet_stdout()
         except Exception:                                    # a bug of ours: say so, keep the trace
             traceback.print_exc()
             print(f"{prog}: internal error (please report it with the trace above)", file=sys.stderr)
@@ -68,6 +71,14 @@ def report(prog: str, result: Any, *, quiet: bool, verify: Callable[[], Any] | N
     if not quiet or not checked.passed:
         print(checked.text())
     return EXIT_OK if checked.passed else EXIT_PARITY
+
+
+def _quiet_stdout() -> None:
+    """stdout to /dev/null: its reader is gone, and what is still buffered would fail again."""
+    try:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
 
 
 def leave(code: int) -> NoReturn:

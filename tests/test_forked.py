@@ -177,3 +177,15 @@ def test_the_command_starts_outs_check_and_the_hash_before_numpy_is_imported(sma
     """, model, str(out))
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.split() == ["0", "check_out_dir:False", "file_sha256:False"]
+
+
+def test_a_command_whose_stdout_is_closed_exits_120_quietly_its_export_done(small_model, tmp_path):
+    """``kerasfold … | head -c0``: the summary cannot be printed; no trace, exit 120 as Python's own."""
+    _, model = small_model(small.conv_bn_act, channels=6)
+    out = tmp_path / "out"
+    proc = subprocess.Popen([sys.executable, "-m", "kerasfold.yolo2metal", model, str(out)], cwd=ROOT, env=ENV,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    proc.stdout.close()                                 # the reader is gone before the summary
+    err = proc.stderr.read()
+    assert (proc.wait(timeout=120), err) == (120, b"")
+    assert (out / "manifest.json").is_file()

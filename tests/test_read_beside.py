@@ -274,3 +274,20 @@ def test_a_hash_started_before_the_read_is_the_sources(hash_child, beside, tiny_
     finally:
         model.close()
         hashed.cancel()
+
+
+def test_a_model_file_that_cannot_be_opened_is_one_line(tiny_yolo, monkeypatch):
+    """An unreadable file (permissions, an I/O error) is bad input, not a bug (it was exit 3)."""
+    from pathlib import Path
+    path = tiny_yolo["keras2-h5"]
+    real = Path.open
+
+    def denied(self, *args, **kwargs):
+        if self == path:
+            raise PermissionError(13, "Permission denied")
+        return real(self, *args, **kwargs)
+    monkeypatch.setattr(Path, "open", denied)
+    with pytest.raises(ExportError) as caught:
+        readers.start_read(path, lazy=True)
+    assert str(caught.value) == (f"{path}: expected a readable model file, received one that cannot be "
+                                 "read (PermissionError: Permission denied)")

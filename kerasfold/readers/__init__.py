@@ -409,9 +409,9 @@ def _reader_for(path: Path) -> Callable[..., Read]:
     try:
         with path.open("rb") as f:
             head = f.read(8)
-    except OSError as err:
-        raise ExportError(f"expected a readable model file, received a damaged or truncated "
-                          f"one ({type(err).__name__}: {err})") from err
+    except OSError as err:                      # permissions, an I/O error: one line, not a trace
+        raise ExportError(f"expected a readable model file, received one that cannot be read "
+                          f"({type(err).__name__}: {err.strerror or err})") from err
     if head.startswith(HDF5_MAGIC):
         return _read_h5
     if head.startswith(ZIP_MAGIC):

@@ -19,8 +19,11 @@ from __future__ import annotations
 import faulthandler
 import os
 import pickle
+import select
 import signal
+import struct
 import threading
+import time
 from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any, Callable
@@ -76,7 +79,8 @@ class _Child(Pending):
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:                           # the child: answer through the pipe, leave at once
-            _answer_and_exit(fn, args, read, write)
+            os.close(read)
+            _answer_and_exit(fn, args, write)
         os.close(write)
         self._pid: int | None = pid
         self._read: int | None = read
@@ -92,51 +96,83 @@ class _Child(Pending):
         return self._fn(*self._args)           # no answer from the child: the same work, here
 
     def _collect(self) -> tuple[str, Any]:
-        with os.fdopen(self._read, "rb") as pipe:     # end of file: the child has ended
-            self._read = None
-            data = pipe.read()
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        if status != 0:
-            return "none", None
         try:
-            kind, value = pickle.loads(data)
-        except Exception:
-            return "none", None
-        return (kind, value) if kind in ("value", "error") else ("none", None)
+            answer = receive(self._read, None)
+        except Exception:                      # a message cut short
+            answer = None
+        self.cancel()
+        return answer if answer is not None and answer[0] in ("value", "error") else ("none", None)
 
     def cancel(self) -> None:
-        if self._pid is not None:
-            try:
-                os.kill(self._pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            os.waitpid(self._pid, 0)
-            self._pid = None
         if self._read is not None:
             os.close(self._read)
             self._read = None
+        if self._pid is not None:
+            kill(self._pid)
+            self._pid = None
 
 
-def _answer_and_exit(fn: Callable[..., Any], args: tuple, read: int, write: int) -> None:
+def _answer_and_exit(fn: Callable[..., Any], args: tuple, fd: int) -> None:
     code = 1
     try:
-        os.close(read)
         os.nice(NICE)                          # work beside the export: the export goes first
-        faulthandler.disable()                 # a crash here is the parent's to handle, silently
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
+        silent_child()
         try:
             answer: tuple[str, Any] = ("value", fn(*args))
         except ExportError as err:
             answer = ("error", err)
-        data = pickle.dumps(answer)
-        with os.fdopen(write, "wb") as pipe:
-            pipe.write(data)
+        send(fd, answer)
         code = 0
     except BaseException:
         pass
     os._exit(code)
+
+
+def silent_child() -> None:
+    """In a forked child: no traceback or crash report of its own (the parent reports)."""
+    faulthandler.disable()
+    os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+
+
+def kill(pid: int) -> None:
+    """Kill a child (if it still runs) and reap it."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    os.waitpid(pid, 0)
+
+
+_LENGTH = struct.Struct("<Q")
+
+
+def send(fd: int, answer: tuple[str, Any]) -> None:
+    """One answer through a pipe: its pickle's length, then the pickle."""
+    data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
+    view = memoryview(_LENGTH.pack(len(data)) + data)
+    while view:
+        view = view[os.write(fd, view):]
+
+
+def receive(fd: int, deadline: float | None) -> tuple[str, Any] | None:
+    """The next answer :func:`send` put on ``fd``; None at end of file (the child ended without
+    one); TimeoutError past ``deadline`` (``time.monotonic()``; None: no deadline)."""
+    def exactly(n: int) -> bytes | None:
+        parts, left = [], n
+        while left:
+            if deadline is not None:
+                ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+                if not ready:
+                    raise TimeoutError
+            part = os.read(fd, min(left, 1 << 20))
+            if not part:
+                return None
+            parts.append(part)
+            left -= len(part)
+        return b"".join(parts)
+    head = exactly(_LENGTH.size)
+    body = None if head is None else exactly(_LENGTH.unpack(head)[0])
+    return None if body is None else pickle.loads(body)
 
 
 def can_fork() -> bool:

@@ -16,12 +16,9 @@ reading a kernel through h5py.
 """
 from __future__ import annotations
 
-import faulthandler
 import os
-import pickle
 import select
 import signal
-import struct
 import time
 import traceback
 from typing import Any, Callable
@@ -29,6 +26,7 @@ from typing import Any, Callable
 import h5py
 
 from ..errors import ExportError
+from ..forked import kill, receive, send, silent_child
 
 PROBE_SECONDS = 10.0
 
@@ -87,7 +85,7 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None,
     finally:
         os.close(done_r)
     if not ended:
-        _kill(pid)
+        kill(pid)
         raise _hangs(seconds)
     _, status = os.waitpid(pid, 0)
     if os.WIFSIGNALED(status):
@@ -97,17 +95,7 @@ def probe(open_file: Callable[[], h5py.File], seconds: float | None = None,
 def _child_setup(seconds: float) -> None:
     signal.signal(signal.SIGALRM, signal.SIG_DFL)      # never outlive the parent's deadline by
     signal.alarm(int(seconds) + 2)                     # much, even orphaned and spinning in C
-    faulthandler.disable()                             # a crash here is reported by the parent, in one line
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, 2)
-
-
-def _kill(pid: int) -> None:
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
-    os.waitpid(pid, 0)
+    silent_child()                                     # a crash here is reported by the parent, in one line
 
 
 def _hangs(seconds: float) -> ExportError:
@@ -118,37 +106,6 @@ def _hangs(seconds: float) -> ExportError:
 def _crashes(status: int) -> ExportError:
     return ExportError("expected a readable HDF5 file, received one that crashes the HDF5 library "
                        f"(signal {os.WTERMSIG(status)}): a damaged file")
-
-
-_LENGTH = struct.Struct("<Q")
-
-
-def _send(fd: int, answer: tuple[str, Any]) -> None:
-    data = pickle.dumps(answer, protocol=pickle.HIGHEST_PROTOCOL)
-    view = memoryview(_LENGTH.pack(len(data)) + data)
-    while view:
-        view = view[os.write(fd, view):]
-
-
-def _receive(fd: int, deadline: float | None) -> tuple[str, Any] | None:
-    """The next answer on ``fd``; None at end of file (the child ended without one); TimeoutError
-    past ``deadline`` (``time.monotonic()``; None: no deadline)."""
-    def exactly(n: int) -> bytes | None:
-        parts, left = [], n
-        while left:
-            if deadline is not None:
-                ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
-                if not ready:
-                    raise TimeoutError
-            part = os.read(fd, min(left, 1 << 20))
-            if not part:
-                return None
-            parts.append(part)
-            left -= len(part)
-        return b"".join(parts)
-    head = exactly(_LENGTH.size)
-    body = None if head is None else exactly(_LENGTH.unpack(head)[0])
-    return None if body is None else pickle.loads(body)
 
 
 class ReadBeside:
@@ -180,7 +137,7 @@ class ReadBeside:
         """The child's next answer under the deadline; None when it ended without one (not by a
         signal); the probe's errors for a child that hangs or crashes."""
         try:
-            answer = _receive(self._fd, self._deadline)
+            answer = receive(self._fd, self._deadline)
         except TimeoutError:
             self.cancel()
             raise _hangs(self.seconds) from None
@@ -225,7 +182,7 @@ class ReadBeside:
         if self._fd is None:
             return None
         try:
-            answer = _receive(self._fd, None)
+            answer = receive(self._fd, None)
         finally:
             self.cancel()
         if answer is not None and answer[0] == "error":
@@ -245,7 +202,7 @@ class ReadBeside:
             os.close(self._fd)
             self._fd = None
         if self._pid is not None:
-            _kill(self._pid)
+            kill(self._pid)
             self._pid = None
 
 
@@ -258,20 +215,20 @@ def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any],
             answer: tuple[str, Any] = ("read", read())
         except ExportError as err:
             answer = ("error", err)
-        _send(fd, answer)
+        send(fd, answer)
         if answer[0] == "read":
             try:
                 with open_file() as f:
                     _walk(f)
             except Exception:                          # Python-level: the read reports what it reads
                 pass
-            _send(fd, ("walked", None))
+            send(fd, ("walked", None))
             signal.alarm(0)                            # the read and the walk are done: no deadline
             try:
                 if digest is not None:
-                    _send(fd, ("sha256", digest()))
+                    send(fd, ("sha256", digest()))
             except ExportError as err:
-                _send(fd, ("error", err))
+                send(fd, ("error", err))
         code = 0
     except BaseException:
         pass

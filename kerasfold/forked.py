@@ -13,6 +13,9 @@ A fork happens only where ``os.fork`` exists and no other thread runs (a thread 
 the fork would leave it held in the child). A child that does not answer with a value or an
 ExportError (it crashed, was killed, or raised anything else) has its work done again in this
 process when the result is asked for: the answer is always the function's own.
+
+:func:`send` and :func:`receive` carry answers through a pipe (``readers/hdf5.py``'s reading
+child uses them too).
 """
 from __future__ import annotations
 

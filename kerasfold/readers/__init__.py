@@ -139,6 +139,8 @@ class Kernels:
                 self._h5 = h5py.File(self.path, "r")
             self._h5[stored.dataset].read_direct(out)
             return
+        if not out.flags.c_contiguous:                  # reshape would copy: the bytes would go there
+            raise ValueError(f"expected a C-contiguous array to read {stored.dataset} into")
         if self._raw is None:
             self._raw = open(self.path, "rb", buffering=0)
         memory = memoryview(out.reshape(-1).view(np.uint8))

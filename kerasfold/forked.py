@@ -34,7 +34,7 @@ from typing import Any, Callable
 from .errors import ExportError
 
 
-NICE = 10
+NICE = 10                                      # beside()'s default: work off the critical path
 
 
 class Pending:
@@ -76,14 +76,14 @@ class _Thread(Pending):
 
 
 class _Child(Pending):
-    def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
+    def __init__(self, fn: Callable[..., Any], args: tuple, nice: int = 0) -> None:
         self._fn, self._args = fn, args
         self._answer: tuple[str, Any] | None = None
         read, write = os.pipe()
         pid = os.fork()
         if pid == 0:                           # the child: answer through the pipe, leave at once
             os.close(read)
-            _answer_and_exit(fn, args, write)
+            _answer_and_exit(fn, args, write, nice)
         os.close(write)
         self._pid: int | None = pid
         self._read: int | None = read
@@ -115,10 +115,11 @@ class _Child(Pending):
             self._pid = None
 
 
-def _answer_and_exit(fn: Callable[..., Any], args: tuple, fd: int) -> None:
+def _answer_and_exit(fn: Callable[..., Any], args: tuple, fd: int, nice: int) -> None:
     code = 1
     try:
-        os.nice(NICE)                          # work beside the export: the export goes first
+        if nice:
+            os.nice(nice)
         silent_child()
         try:
             answer: tuple[str, Any] = ("value", fn(*args))
@@ -135,6 +136,7 @@ def silent_child() -> None:
     """In a forked child: no traceback or crash report of its own (the parent reports)."""
     faulthandler.disable()
     os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)       # not the parent's handler: its cleanup is the parent's
 
 
 def kill(pid: int) -> None:
@@ -183,9 +185,10 @@ def can_fork() -> bool:
     return hasattr(os, "fork") and threading.active_count() == 1
 
 
-def beside(fn: Callable[..., Any], *args: Any) -> Pending:
-    """``fn(*args)`` started beside the caller: forked where :func:`can_fork`, else in a thread."""
-    return _Child(fn, args) if can_fork() else _Thread(fn, args)
+def beside(fn: Callable[..., Any], *args: Any, nice: int = NICE) -> Pending:
+    """``fn(*args)`` started beside the caller: forked where :func:`can_fork` (at ``nice``: by
+    default work that may wait), else in a thread."""
+    return _Child(fn, args, nice) if can_fork() else _Thread(fn, args)
 
 
 def now(fn: Callable[..., Any], *args: Any) -> Pending:

@@ -335,3 +335,52 @@ def test_the_read_memory_is_allocated_once_at_the_largest_kernels_size():
         view = scratch.array(*k.stored)
         assert view.shape == k.shape and np.shares_memory(view, memory)
     assert scratch._memory is memory
+
+
+def _split_export(path, out, dtype, split, monkeypatch):
+    """An export written by one process, or by two (every export big enough to split)."""
+    from kerasfold import forked
+    from kerasfold.targets.mps import writer
+    monkeypatch.setattr(writer, "SPLIT_MIN_BYTES", 0 if split else 1 << 62)
+    monkeypatch.setattr(writer, "can_fork", lambda: True)
+    monkeypatch.setattr(forked, "can_fork", lambda: True)
+    marker = out.parent / f"{out.name}-second-writer"
+    real = writer._write_share
+
+    def share(*args):
+        marker.write_text(str(os.getpid()))
+        return real(*args)
+    monkeypatch.setattr(writer, "_write_share", share)
+    result = export(path, out, ExportOptions(dtype=dtype))
+    return snapshot(out), result.warnings(), marker.exists() and marker.read_text() != str(os.getpid())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("name", ["conv_bn_act", "shared_conv", "separable", "dense"])
+def test_an_export_written_by_two_processes_is_one_processs_bytes(name, dtype, tmp_path, monkeypatch):
+    """A large export is written by two processes, each about half the bytes: the same files,
+    manifest (hashes, float16 counts) and warnings as one process writes."""
+    path = tmp_path / "m.h5"
+    _save(ARCHS[name], path)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    one, one_warnings, forked_one = _split_export(path, tmp_path / "one", dtype, False, monkeypatch)
+    two, two_warnings, forked_two = _split_export(path, tmp_path / "two", dtype, True, monkeypatch)
+    assert (forked_one, forked_two) == (False, True)      # the second process wrote its share
+    assert two == one and two_warnings == one_warnings
+
+
+@pytest.mark.parametrize("layer", ["conv", "head"])
+def test_a_bad_kernel_in_either_writers_share_is_the_same_line(layer, tmp_path, monkeypatch, previous):
+    path = tmp_path / "m.h5"
+    _save(conv_bn_act, path)
+    _edit_kernel(path, layer, lambda w: np.where(np.arange(w.size).reshape(w.shape) % 7 == 0, np.nan, w))
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    out, before = previous
+    lines = []
+    for split in (False, True):
+        with pytest.raises(ExportError) as err:
+            _split_export(path, out, "float32", split, monkeypatch)
+        lines.append(str(err.value))
+        assert snapshot(out) == before
+    assert lines[1] == lines[0] and f"layer '{layer}'" in lines[0]
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []   # no staging left

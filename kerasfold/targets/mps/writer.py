@@ -13,7 +13,7 @@ import numpy as np
 from ... import FORMAT_NAME, FORMAT_VERSION, __version__
 from ...deferred import Scratch
 from ...errors import ExportError
-from ...forked import Pending
+from ...forked import Pending, beside, can_fork
 from ...graph import Graph
 from .atomic import staged_directory
 from .entries import Entry
@@ -73,13 +73,53 @@ def build_manifest(graph: Graph, layers: list[dict[str, Any]], dtype: str) -> di
     }
 
 
+SPLIT_MIN_BYTES = 8 << 20          # below this, a second writing process costs more than it gives
+
+
+def _bytes(e: Entry, dtype: str) -> int:
+    return sum(int(np.prod(t.array.shape, dtype=np.int64)) * (np.dtype(dtype).itemsize if key == "weights" else 4)
+               for key, t in e.tensors.items())
+
+
+def _halves(entries: list[Entry], dtype: str) -> tuple[list[int], list[int]]:
+    """Entry indices for this process and for a second one, of about the same bytes (largest
+    first, each to the lighter side), both in entry order."""
+    sides: tuple[list[int], list[int]] = ([], [])
+    load = [0, 0]
+    for i in sorted(range(len(entries)), key=lambda i: -_bytes(entries[i], dtype)):
+        side = 0 if load[0] <= load[1] else 1
+        sides[side].append(i)
+        load[side] += _bytes(entries[i], dtype)
+    return sorted(sides[0]), sorted(sides[1])
+
+
+def _write_share(stage: Path, entries: list[Entry], share: list[int], stems: dict[str, str],
+                 dtype: str) -> dict[int, tuple[dict[str, Any], Any]]:
+    """(A second process.) The entries ``share`` names, written; entry index -> (its manifest
+    layer, hashes done; its float16 stats)."""
+    with TensorFiles() as files:
+        metas = _write_entries(stage, entries, stems, dtype, files, None, share)
+    return {i: (_hashed(meta), entries[i].half) for i, meta in metas.items()}
+
+
+def _hashed(meta: dict[str, Any]) -> dict[str, Any]:
+    for key in ("weights", "bias"):
+        if key in meta:
+            meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
+    return meta
+
+
 def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dtype: str,
-                   files: TensorFiles, progress: Progress | None) -> list[dict[str, Any]]:
-    """Every entry's tensors into ``stage``; the manifest's layers, their hashes still futures."""
-    layers = []
+                   files: TensorFiles, progress: Progress | None,
+                   share: list[int] | None = None) -> dict[int, dict[str, Any]]:
+    """The tensors of ``entries`` (those ``share`` names, else all) into ``stage``; entry index ->
+    the manifest's layer, its hashes still futures."""
+    layers = {}
     written = 0
-    scratch = Scratch(t.array for e in entries for t in e.tensors.values())   # every kernel read into it
-    for i, e in enumerate(entries):
+    share = list(range(len(entries))) if share is None else share
+    scratch = Scratch(t.array for i in share for t in entries[i].tensors.values())   # every kernel read into it
+    for done, i in enumerate(share):
+        e = entries[i]
         meta = dict(e.meta)
         for key, tensor in e.tensors.items():
             suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
@@ -95,10 +135,40 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
                 info = {**info, "layout": tensor.layout}
             meta[key] = info
             written += int(np.prod(info["shape"], dtype=np.int64)) * np.dtype(kind).itemsize
-        layers.append(meta)
+        layers[i] = meta
         if progress is not None:
-            progress(i + 1, len(entries), written)
+            progress(done + 1, len(entries), written)
     return layers
+
+
+def _write_all(stage: Path, graph: Graph, entries: list[Entry], stems: dict[str, str], dtype: str,
+               progress: Progress | None) -> list[dict[str, Any]]:
+    """Every entry's tensors into ``stage``: the manifest's layers, in entry order. A large export
+    is written by two processes, each reading, folding, hashing and writing about half the bytes
+    (the fold pass and the hashing are CPU-bound: one core each). The second one forks only when
+    no other thread runs, after the source's hash and walk (``graph.source.sha256``): it shares no
+    unfinished work with this one."""
+    mine, theirs = list(range(len(entries))), []
+    if sum(_bytes(e, dtype) for e in entries) >= SPLIT_MIN_BYTES:
+        graph.source.sha256                                 # the reading child done (see above)
+        if can_fork():
+            mine, theirs = _halves(entries, dtype)
+    other = beside(_write_share, stage, entries, theirs, stems, dtype, nice=0) if theirs else None
+    try:
+        with TensorFiles() as files:
+            layers = _write_entries(stage, entries, stems, dtype, files, progress, mine)
+        for meta in layers.values():
+            _hashed(meta)
+        if other is not None:
+            for i, (meta, half) in other.result().items():
+                layers[i] = meta
+                entries[i].half = half
+    finally:
+        if other is not None:
+            other.cancel()
+    if progress is not None and theirs:
+        progress(len(entries), len(entries), sum(_bytes(e, dtype) for e in entries))
+    return [layers[i] for i in range(len(entries))]
 
 
 def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = "float32",
@@ -116,12 +186,7 @@ def write_export(out: Path, graph: Graph, entries: list[Entry], *, dtype: str = 
         check_out_dir(out, validate=False)
         checked = checked or start_out_check(out)
         with staged_directory(out, check=functools.partial(confirm, checked)) as stage:
-            with TensorFiles() as files:
-                layers = _write_entries(stage, entries, stems, dtype, files, progress)
-            for meta in layers:                                   # the hashes, in entry order
-                for key in ("weights", "bias"):
-                    if key in meta:
-                        meta[key] = {**meta[key], "sha256": meta[key]["sha256"].result()}
+            layers = _write_all(stage, graph, entries, stems, dtype, progress)
             manifest = build_manifest(graph, layers, dtype)
             (stage / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n", encoding="utf-8")
     except OSError as err:

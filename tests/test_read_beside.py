@@ -291,3 +291,27 @@ def test_a_model_file_that_cannot_be_opened_is_one_line(tiny_yolo, monkeypatch):
         readers.start_read(path, lazy=True)
     assert str(caught.value) == (f"{path}: expected a readable model file, received one that cannot be "
                                  "read (PermissionError: Permission denied)")
+
+
+def _read_in_a_child(kernels, stored):
+    value = kernels.value(stored)
+    return value.tobytes(), kernels._pid == os.getpid()
+
+
+def test_kernels_read_in_a_forked_writer_open_their_own_file(tmp_path, beside):
+    """A second writing process reads kernels through the Kernels it inherited: with its own file
+    handle, at positions (no file offset shared with this process)."""
+    import h5py
+    path = tmp_path / "k.h5"
+    values = np.random.default_rng(2).standard_normal((3, 3, 64, 128)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("g/kernel", data=values)
+        offset = readers._raw_offset(f["g/kernel"])
+    stored = readers.Stored("/g/kernel", values.shape, values.dtype, offset)
+    kernels = readers.Kernels(path)
+    try:
+        kernels.value(stored)                           # this process's handle is open
+        got, own = forked.beside(_read_in_a_child, kernels, stored, nice=0).result()
+    finally:
+        kernels.close()
+    assert got == values.tobytes() and own

@@ -8,7 +8,9 @@ import dataclasses
 import functools
 import io
 import json
+import os
 import re
+import threading
 import zipfile
 import zlib
 from concurrent import futures
@@ -122,6 +124,23 @@ def _weight(dataset: h5py.Dataset, name: str, lazy: bool) -> np.ndarray | Stored
     return _stored(dataset)
 
 
+_SEEK = threading.Lock()
+
+
+def _read_at(f: BinaryIO, memory: memoryview, offset: int) -> int:
+    """Read into ``memory`` from ``offset`` of ``f`` without moving a shared offset (threads of
+    one process, or processes sharing the file, read at once); how many bytes came."""
+    if hasattr(os, "preadv"):
+        return os.preadv(f.fileno(), [memory], offset)
+    if hasattr(os, "pread"):
+        data = os.pread(f.fileno(), len(memory), offset)
+        memory[:len(data)] = data
+        return len(data)
+    with _SEEK:                                          # Windows: no positional read
+        f.seek(offset)
+        return f.readinto(memory) or 0
+
+
 class Kernels:
     """Where a lazy read's :class:`Stored` weights are read from when a target needs them: the
     file's bytes at their offset (no HDF5 library call), else through h5py, the file opened on
@@ -131,8 +150,16 @@ class Kernels:
         self.path, self.ready = path, ready
         self._raw: BinaryIO | None = None
         self._h5: h5py.File | None = None
+        self._pid = os.getpid()
+
+    def _own(self) -> None:
+        """Handles of this process only: a second writing process (forked) opens its own."""
+        if self._pid != os.getpid():
+            self._raw = self._h5 = None
+            self._pid = os.getpid()
 
     def into(self, stored: Stored, out: np.ndarray) -> None:
+        self._own()
         if stored.offset is None:
             if self._h5 is None:
                 self.ready()
@@ -144,10 +171,9 @@ class Kernels:
         if self._raw is None:
             self._raw = open(self.path, "rb", buffering=0)
         memory = memoryview(out.reshape(-1).view(np.uint8))
-        self._raw.seek(stored.offset)
         done = 0
-        while done < len(memory):
-            got = self._raw.readinto(memory[done:])
+        while done < len(memory):                       # positional reads: no shared file offset
+            got = _read_at(self._raw, memory[done:], stored.offset + done)
             if not got:
                 raise EOFError(f"{stored.dataset} holds {done} of its {len(memory)} bytes")
             done += got

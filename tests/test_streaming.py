@@ -356,7 +356,7 @@ def _split_export(path, out, dtype, split, monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("name", ["conv_bn_act", "shared_conv", "separable", "dense"])
+@pytest.mark.parametrize("name", ["conv_bn_act", "shared_conv", "separable", "conv1d_bn"])
 def test_an_export_written_by_two_processes_is_one_processs_bytes(name, dtype, tmp_path, monkeypatch):
     """A large export is written by two processes, each about half the bytes: the same files,
     manifest (hashes, float16 counts) and warnings as one process writes."""

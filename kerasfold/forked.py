@@ -75,18 +75,44 @@ class _Thread(Pending):
             futures.wait([self._future])       # no thread of ours outlives the caller's work
 
 
-class _Child(Pending):
+class Piped:
+    """A forked child that answers through a pipe (:func:`send`, :func:`receive` on ``_fd``).
+    ``run(fd)`` is the child's whole life: it writes to ``fd`` and leaves by ``os._exit``."""
+
+    def __init__(self, run: Callable[[int], None]) -> None:
+        read, write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            os.close(read)
+            run(write)
+            os._exit(1)                        # not reached: ``run`` leaves by itself
+        os.close(write)
+        self._pid: int | None = pid
+        self._fd: int | None = read
+
+    def _reap(self) -> int:
+        """Close the pipe and wait for the child (it has ended); its exit status."""
+        os.close(self._fd)
+        self._fd = None
+        _, status = os.waitpid(self._pid, 0)
+        self._pid = None
+        return status
+
+    def cancel(self) -> None:
+        """Close the pipe, kill the child if it still runs, and reap it; idempotent."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._pid is not None:
+            kill(self._pid)
+            self._pid = None
+
+
+class _Child(Piped, Pending):
     def __init__(self, fn: Callable[..., Any], args: tuple, nice: int = 0) -> None:
         self._fn, self._args = fn, args
         self._answer: tuple[str, Any] | None = None
-        read, write = os.pipe()
-        pid = os.fork()
-        if pid == 0:                           # the child: answer through the pipe, leave at once
-            os.close(read)
-            _answer_and_exit(fn, args, write, nice)
-        os.close(write)
-        self._pid: int | None = pid
-        self._read: int | None = read
+        super().__init__(lambda fd: _answer_and_exit(fn, args, fd, nice))
 
     def result(self) -> Any:
         if self._answer is None:
@@ -100,19 +126,11 @@ class _Child(Pending):
 
     def _collect(self) -> tuple[str, Any]:
         try:
-            answer = receive(self._read, None)
+            answer = receive(self._fd, None)
         except Exception:                      # a message cut short
             answer = None
         self.cancel()
         return answer if answer is not None and answer[0] in ("value", "error") else ("none", None)
-
-    def cancel(self) -> None:
-        if self._read is not None:
-            os.close(self._read)
-            self._read = None
-        if self._pid is not None:
-            kill(self._pid)
-            self._pid = None
 
 
 def _answer_and_exit(fn: Callable[..., Any], args: tuple, fd: int, nice: int) -> None:

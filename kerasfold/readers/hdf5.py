@@ -26,7 +26,7 @@ from typing import Any, Callable
 import h5py
 
 from ..errors import ExportError
-from ..forked import kill, receive, send, silent_child
+from ..forked import Piped, kill, receive, send, silent_child
 
 PROBE_SECONDS = 10.0
 
@@ -108,7 +108,7 @@ def _crashes(status: int) -> ExportError:
                        f"(signal {os.WTERMSIG(status)}): a damaged file")
 
 
-class ReadBeside:
+class ReadBeside(Piped):
     """A legacy ``.h5`` read, probed and hashed in a forked child, started now.
 
     The child calls ``read()``: its value, or the :class:`ExportError` it raised, is the first
@@ -122,14 +122,7 @@ class ReadBeside:
     def __init__(self, open_file: Callable[[], h5py.File], read: Callable[[], Any],
                  digest: Callable[[], str] | None, seconds: float | None = None) -> None:
         self.seconds = PROBE_SECONDS if seconds is None else seconds
-        fd_read, fd_write = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            os.close(fd_read)
-            _read_in_child(open_file, read, digest, self.seconds, fd_write)
-        os.close(fd_write)
-        self._pid: int | None = pid
-        self._fd: int | None = fd_read
+        super().__init__(lambda fd: _read_in_child(open_file, read, digest, self.seconds, fd))
         self._deadline = time.monotonic() + self.seconds
         self._walked = False
 
@@ -188,22 +181,6 @@ class ReadBeside:
         if answer is not None and answer[0] == "error":
             raise answer[1]
         return answer[1] if answer is not None and answer[0] == "sha256" else None
-
-    def _reap(self) -> int:
-        os.close(self._fd)
-        self._fd = None
-        _, status = os.waitpid(self._pid, 0)
-        self._pid = None
-        return status
-
-    def cancel(self) -> None:
-        """Stop the child (killed if still running) and reap it; idempotent."""
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._pid is not None:
-            kill(self._pid)
-            self._pid = None
 
 
 def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any],

@@ -74,15 +74,12 @@ _last_read: dict[Path, Model] = {}
 _read_lock = threading.Lock()
 
 
-def read(model: str | Path, *, reuse: bool = False, remember: bool = False, lazy: bool = False) -> Model:
+def read(model: str | Path, *, reuse: bool = False, remember: bool = False) -> Model:
     """``read_model``, remembered with ``remember`` or ``reuse``. ``reuse``: the model last read
     from this path when the file still has the same sha256 (hashing costs a third of reading),
     else a new read. The weights are made read-only: nothing downstream writes into them (passes
-    replace arrays), and a reader sharing them could not be handed a changed copy. ``lazy``: the
-    large kernels stay in the file until written (``read_model``); never remembered, and the
-    caller closes the model."""
-    if lazy:
-        return read_model(model, lazy=True)
+    replace arrays), and a reader sharing them could not be handed a changed copy. (A lazy read,
+    never remembered, is ``readers.start_read``'s, as :func:`export` starts it.)"""
     path = Path(model)
     with _read_lock:                      # verify reads from two threads (kerasfold.verify.check)
         cached = _last_read.get(path.resolve())

@@ -70,19 +70,26 @@ def test_small_networks_validate(small_model, tmp_path, builder, options):
         _valid(out)
 
 
+def entry_sample(class_name):
+    """A graph of one layer of ``class_name`` (its registry sample), passes run; the Dropout
+    sample, which the passes would remove, replaced by an opaque layer."""
+    (op, shape), shapes = _lowered(class_name)
+    graph = Graph(inputs={f"x{k}": s for k, s in enumerate(shapes)}, nodes={}, outputs=["n"],
+                  source=SourceInfo("m.h5", "0" * 64, "3", "keras"))
+    graph.nodes["n"] = Node(name="n", op=op, inputs=list(graph.inputs), shape=shape)
+    if class_name == "Dropout":
+        graph.nodes["n"] = Node(name="n", op=ops.Opaque(class_name="Mystery", config={"k": 1}),
+                                inputs=["x0"], shape=shape)
+    run_passes(graph)
+    return graph
+
+
 def test_every_entry_type_validates(tmp_path):
     """One sample per Keras class the registry knows (the Dropout sample, which the passes remove,
     replaced by an opaque layer), in float32 and float16: written, then valid; every type written."""
     written = set()
     for i, class_name in enumerate(sorted(SAMPLES)):
-        (op, shape), shapes = _lowered(class_name)
-        graph = Graph(inputs={f"x{k}": s for k, s in enumerate(shapes)}, nodes={}, outputs=["n"],
-                      source=SourceInfo("m.h5", "0" * 64, "3", "keras"))
-        graph.nodes["n"] = Node(name="n", op=op, inputs=list(graph.inputs), shape=shape)
-        if class_name == "Dropout":
-            graph.nodes["n"] = Node(name="n", op=ops.Opaque(class_name="Mystery", config={"k": 1}),
-                                    inputs=["x0"], shape=shape)
-        run_passes(graph)
+        graph = entry_sample(class_name)
         out = tmp_path / f"e{i}"
         for dtype in ("float32", "float16"):
             written |= {e["type"] for e in write_export(out, graph, emit(graph, dtype), dtype=dtype)["layers"]}

@@ -1,10 +1,10 @@
 """OUT before an export replaces it: only an empty directory or exactly a previous export may be
 replaced (a user's file inside an old export, or a foreign manifest.json, would be deleted with it).
 
-The check reads and validates a previous manifest (jsonschema's import and the validation: ~0.15 s
-of Python). It is started first and runs beside the export, in a child process where possible
-(``kerasfold.forked``), so as not to hold the GIL against the writing; at the swap, OUT must be
-as the check saw it (:func:`_fingerprint`), or it is checked again.
+The check reads and validates a previous manifest (~5 ms with the generated check, ~0.15 s when
+jsonschema must say what is wrong). It is started first and runs beside the export, in a child
+process where possible (``kerasfold.forked``), so as not to hold the GIL against the writing; at
+the swap, OUT must be as the check saw it (:func:`_fingerprint`), or it is checked again.
 """
 from __future__ import annotations
 

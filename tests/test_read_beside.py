@@ -315,3 +315,35 @@ def test_kernels_read_in_a_forked_writer_open_their_own_file(tmp_path, beside):
     finally:
         kernels.close()
     assert got == values.tobytes() and own
+
+
+def test_the_exporting_process_never_imports_h5py(tiny_yolo, tmp_path):
+    """The command line's process leaves h5py (~60 ms to import) to the reading child when every
+    kernel lies plainly in the file; a kernel stored chunked is read through h5py, imported then,
+    to the same files."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    import h5py
+    chunked = tmp_path / "chunked.h5"
+    chunked.write_bytes(tiny_yolo["keras2-h5"].read_bytes())
+    with h5py.File(chunked, "r+") as f:                   # conv2d_8's kernel rewritten chunked
+        group = f["model_weights/conv2d_8"]
+        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"] if "kernel" in str(n))
+        values = group[name][()]
+        del group[name]
+        group.create_dataset(name, data=values, chunks=(3, 3, 64, 64))
+    code = ("import sys\nfrom kerasfold.yolo2metal import main\n"
+            "code = main([sys.argv[1], sys.argv[2], '-q'])\nprint(code, 'h5py' in sys.modules)\n")
+    seen = {}
+    for case, model in (("plain", tiny_yolo["keras2-h5"]), ("chunked", chunked)):
+        done = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / case)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=300,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0 and done.stderr == "", done.stderr
+        seen[case] = done.stdout.split()
+    assert seen == {"plain": ["0", "False"], "chunked": ["0", "True"]}
+    files = sorted(p.name for p in (tmp_path / "plain").glob("*.bin"))
+    assert "conv2d_8_W.bin" in files and files == sorted(p.name for p in (tmp_path / "chunked").glob("*.bin"))
+    for file in files:
+        assert (tmp_path / "plain" / file).read_bytes() == (tmp_path / "chunked" / file).read_bytes(), file

@@ -17,9 +17,8 @@ from concurrent import futures
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, Callable, Iterator, TypeVar
 
-import h5py
 import numpy as np
 
 from ..deferred import Deferred
@@ -31,6 +30,9 @@ from .layers import Layer as Node, Model
 from .config import MODEL_CLASSES, class_of, name_of, parse_model_config
 from .hdf5 import ReadBeside, probe, raised_by_h5py
 from .variables import canonical_name
+
+if TYPE_CHECKING:
+    import h5py
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 T = TypeVar("T")
@@ -88,6 +90,13 @@ def _reading(path: str, call: Callable[..., T], *args: Any) -> T:
         raise err.at(file=path)
 
 
+def open_h5(file: Path | BinaryIO) -> h5py.File:
+    """``file`` opened read-only with h5py, imported here: a plain export's process never imports
+    it (~60 ms) when every kernel it reads lies plainly in the file (its read runs in a child)."""
+    import h5py
+    return h5py.File(file, "r")
+
+
 def _stored(dataset: h5py.Dataset) -> np.ndarray:
     return np.asarray(dataset[()])
 
@@ -107,6 +116,7 @@ def _raw_offset(dataset: h5py.Dataset) -> int | None:
     """Where ``dataset``'s values lie in the file as numpy's bytes of its dtype: contiguous
     storage in the file itself, of the standard type of that dtype, all of it allocated. Else
     None (chunked, compressed, external, or a type the library converts on reading)."""
+    import h5py
     plist = dataset.id.get_create_plist()
     if plist.get_layout() != h5py.h5d.CONTIGUOUS or plist.get_external_count():
         return None
@@ -163,7 +173,7 @@ class Kernels:
         if stored.offset is None:
             if self._h5 is None:
                 self.ready()
-                self._h5 = h5py.File(self.path, "r")
+                self._h5 = open_h5(self.path)
             self._h5[stored.dataset].read_direct(out)
             return
         if not out.flags.c_contiguous:                  # reshape would copy: the bytes would go there
@@ -232,6 +242,7 @@ def with_deferred_kernels(model: Model) -> Model:
 def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None:
     """Weights of a legacy h5: ``model_weights/<layer>`` lists its datasets in ``weight_names``.
     A nested model's group holds all its layers' weights, named ``<inner layer>/<var>``."""
+    import h5py
     root = f["model_weights"] if "model_weights" in f else f
     for n in nodes:
         top, *inner = n.layer.split("/")
@@ -259,6 +270,7 @@ def _legacy_weights(f: h5py.File, nodes: list[Node], lazy: bool = False) -> None
 def _keras_vars(layers: h5py.Group, prefix: str = "") -> dict[str, h5py.Group]:
     """Layer path (``backbone/conv``) -> its ``vars`` group. Keras names the groups after the
     class (``conv2d_1``); ``vars`` carries the layer's own name."""
+    import h5py
     found = {}
     for group in layers.values():
         if not isinstance(group, h5py.Group) or "vars" not in group:
@@ -352,8 +364,8 @@ def h5_structure(f: h5py.File, lazy: bool) -> H5Read:
 
 
 def _read_h5(path: Path, probed: Probed, lazy: bool) -> Read:
-    probe(lambda: h5py.File(path, "r"), forked=probed)
-    with h5py.File(path, "r") as f:
+    probe(functools.partial(open_h5, path), forked=probed)
+    with open_h5(path) as f:
         config, version, flavour, nodes, ins, outs = h5_structure(f, lazy)
     kernels = Kernels(path)
     return config, version, flavour, nodes, ins, outs, (kernels.close if kernels.deferred(nodes) else _nothing)
@@ -386,8 +398,8 @@ def _read_keras(path: Path, probed: Probed, lazy: bool) -> Read:
             raise ExportError(f"expected metadata.json as an object, received {type(meta).__name__}")
         weights = _member(z, "model.weights.h5")
     nodes, ins, outs = parse_model_config(config)
-    probe(lambda: h5py.File(io.BytesIO(weights), "r"), forked=probed)
-    with h5py.File(io.BytesIO(weights), "r") as f:
+    probe(functools.partial(open_h5, io.BytesIO(weights)), forked=probed)
+    with open_h5(io.BytesIO(weights)) as f:
         _keras_weights(f, nodes, config)
     return config, str(meta.get("keras_version", "")), "keras", nodes, ins, outs, _nothing
 
@@ -486,7 +498,7 @@ def _close(close: Callable[[], None], digest: Future[str]) -> None:
 
 
 def _structure_at(path: Path) -> H5Read:
-    with damaged_file_errors(), h5py.File(path, "r") as f:
+    with damaged_file_errors(), open_h5(path) as f:
         return h5_structure(f, lazy=True)
 
 
@@ -504,7 +516,7 @@ class _ReadingBeside(Reading):
     def __init__(self, path: Path, hashed: Pending | None = None) -> None:
         super().__init__(path, _read_h5, True)
         self.hashed = hashed
-        self.child = ReadBeside(lambda: h5py.File(path, "r"), functools.partial(_structure_at, path),
+        self.child = ReadBeside(functools.partial(open_h5, path), functools.partial(_structure_at, path),
                                 None if hashed is not None else functools.partial(_sha256_at, path))
 
     def result(self) -> Model:

@@ -9,9 +9,9 @@ before the real read starts.
 :class:`ReadBeside` goes further for an export's lazy read: its child reads the model (what it
 sends back is picklable, the large kernels as offsets into the file), then walks the file, then
 hashes it, each answer sent through a pipe as soon as it is known. The process that exports never
-walks HDF5 structures itself, and its own work (importing the rest of kerasfold, lowering the
-model) runs meanwhile on the other core; it reads the kernels' bytes without the HDF5 library,
-so it needs the walk's verdict only before its result counts (with the file's hash), or before
+walks HDF5 structures itself, nor imports h5py (the child does: ~60 ms), and its own work
+(importing the rest of kerasfold, lowering the model) runs meanwhile on the other core; it reads
+the kernels' bytes without the HDF5 library, so it needs the walk's verdict only before its result counts (with the file's hash), or before
 reading a kernel through h5py.
 """
 from __future__ import annotations
@@ -21,12 +21,13 @@ import select
 import signal
 import time
 import traceback
-from typing import Any, Callable
-
-import h5py
+from typing import TYPE_CHECKING, Any, Callable
 
 from ..errors import ExportError
 from ..forked import Piped, kill, receive, send, silent_child
+
+if TYPE_CHECKING:
+    import h5py
 
 PROBE_SECONDS = 10.0
 
@@ -42,6 +43,7 @@ def raised_by_h5py(err: BaseException) -> bool:
 
 def _walk(f: h5py.File) -> None:
     """Touch every object header, attribute and chunk index (contiguous data is a plain read)."""
+    import h5py
     def visit(_name: str, obj: h5py.HLObject) -> None:
         for key in obj.attrs:
             obj.attrs[key]

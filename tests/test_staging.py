@@ -248,3 +248,19 @@ def test_out_a_symbolic_link_loop_is_one_line_and_exit_2(small_model, tmp_path):
     assert proc.stderr == (f"kerasfold: error: {out}: expected OUT to be a directory or a link to one, "
                            "received a symbolic link that does not resolve (a loop)\n")
     assert _beside(out) == ["out"] and out.is_symlink()
+
+
+@pytest.mark.skipif(not (sys.platform.startswith("linux") or sys.platform == "darwin"),
+                    reason="the atomic exchange is Linux's renameat2 or macOS' renamex_np")
+def test_the_exchange_swaps_without_a_subprocess(tmp_path, monkeypatch):
+    """The swap finds the C library in this process (ctypes.util.find_library ran ldconfig -p)."""
+    def no_subprocess(*args, **kwargs):
+        raise AssertionError("a subprocess was started")
+    monkeypatch.setattr(subprocess, "Popen", no_subprocess)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    (a / "from_a").write_text("a")
+    (b / "from_b").write_text("b")
+    assert atomic.exchange(a, b)
+    assert os.listdir(a) == ["from_b"] and os.listdir(b) == ["from_a"]

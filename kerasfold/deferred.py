@@ -30,6 +30,8 @@ class Deferred:
     checks: tuple[tuple[int, Check], ...] = ()  # (steps done before it, check on the values then)
     read_into: Callable[[np.ndarray], None] | None = None   # the stored array into a given one
     stored: tuple[tuple[int, ...], np.dtype] | None = None  # its shape and dtype (set at creation)
+    through_library: bool = False              # read through h5py, not as the file's bytes: a forked
+                                               # process may read it only after the file's walk
 
     def __post_init__(self) -> None:
         if self.stored is None:

@@ -384,3 +384,69 @@ def test_a_bad_kernel_in_either_writers_share_is_the_same_line(layer, tmp_path, 
         assert snapshot(out) == before
     assert lines[1] == lines[0] and f"layer '{layer}'" in lines[0]
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []   # no staging left
+
+
+def _chunk_kernel(path, layer):
+    """``layer``'s kernel stored chunked: read through h5py, not as the file's bytes."""
+    with h5py.File(path, "r+") as f:
+        group = f["model_weights"][layer]
+        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
+                    if "kernel" in (n.decode() if isinstance(n, bytes) else n))
+        data = np.asarray(group[name][()])
+        del group[name]
+        group.create_dataset(name, data=data, chunks=tuple(max(1, d // 2) for d in data.shape))
+
+
+@pytest.mark.parametrize("storage", ["plain", "chunked"])
+def test_the_second_writer_waits_for_the_walk_only_for_a_kernel_read_through_h5py(storage, tmp_path, monkeypatch):
+    """Kernels read as the file's bytes need no verdict on the file's walk: the second writer forks
+    at once. A kernel read through h5py needs it, and a forked writer cannot ask the reading child:
+    the walk is waited for first. Either way, the same files."""
+    from kerasfold.readers import hdf5
+    from kerasfold.targets.mps import writer
+    path = tmp_path / "m.h5"
+    _save(conv_bn_act, path)
+    if storage == "chunked":
+        _chunk_kernel(path, "head")
+    monkeypatch.setattr(readers, "can_fork", lambda: True)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    events, real_walked, real_beside = [], hdf5.ReadBeside.walked, writer.beside
+
+    def walked(self):
+        events.append("walked")
+        return real_walked(self)
+
+    def beside(*args, **kwargs):
+        events.append("fork")
+        return real_beside(*args, **kwargs)
+    monkeypatch.setattr(hdf5.ReadBeside, "walked", walked)
+    monkeypatch.setattr(writer, "beside", beside)
+    two, _, second_wrote = _split_export(path, tmp_path / "two", "float32", True, monkeypatch)
+    one, _, _ = _split_export(path, tmp_path / "one", "float32", False, monkeypatch)
+    assert second_wrote and two == one
+    first = events.index("fork") < events.index("walked")
+    assert first == (storage == "plain"), events
+
+
+@pytest.mark.parametrize("how", ["hangs", "crashes"])
+def test_a_walk_that_fails_after_the_second_writer_forked_keeps_out(how, tmp_path, monkeypatch, previous):
+    """The second writer forks before the file's walk has ended: a file whose walk hangs or
+    crashes is still refused before OUT is touched, with the probe's line, no staging left."""
+    import signal
+    import time
+
+    from kerasfold.readers import hdf5
+    path = tmp_path / "m.h5"
+    _save(conv_bn_act, path)
+    monkeypatch.setattr(readers, "can_fork", lambda: True)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 0.5)
+    if how == "hangs":
+        monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
+    else:
+        monkeypatch.setattr(hdf5, "_walk", lambda f: os.kill(os.getpid(), signal.SIGSEGV))
+    out, before = previous
+    with pytest.raises(ExportError, match="reading does not end" if how == "hangs" else "crashes the HDF5"):
+        _split_export(path, out, "float32", True, monkeypatch)
+    assert snapshot(out) == before
+    assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []

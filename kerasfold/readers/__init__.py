@@ -201,7 +201,8 @@ class Kernels:
             for key, w in weights.items():
                 if isinstance(w, Stored):
                     weights[key] = Deferred(functools.partial(_reading, path, self.value, w), w.shape, w.dtype,
-                                            read_into=functools.partial(_reading, path, self.into, w))
+                                            read_into=functools.partial(_reading, path, self.into, w),
+                                            through_library=w.offset is None)
                     found = True
         return found
 

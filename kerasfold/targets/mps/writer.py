@@ -11,7 +11,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ... import FORMAT_NAME, FORMAT_VERSION, __version__
-from ...deferred import Scratch
+from ...deferred import Deferred, Scratch
 from ...errors import ExportError
 from ...forked import Pending, beside, can_fork
 from ...graph import Graph
@@ -81,6 +81,10 @@ def _bytes(e: Entry, dtype: str) -> int:
                for key, t in e.tensors.items())
 
 
+def _through_library(e: Entry) -> bool:
+    return any(isinstance(t.array, Deferred) and t.array.through_library for t in e.tensors.values())
+
+
 def _halves(entries: list[Entry], dtype: str) -> tuple[list[int], list[int]]:
     """Entry indices for this process and for a second one, of about the same bytes (largest
     first, each to the lighter side; an entry without tensors stays here), both in entry order."""
@@ -146,11 +150,14 @@ def _write_all(stage: Path, graph: Graph, entries: list[Entry], stems: dict[str,
     """Every entry's tensors into ``stage``: the manifest's layers, in entry order. A large export
     is written by two processes, each reading, folding, hashing and writing about half the bytes
     (the fold pass and the hashing are CPU-bound: one core each). The second one forks only when
-    no other thread runs, after the source's hash and walk (``graph.source.sha256``): it shares no
-    unfinished work with this one."""
+    no other thread runs (a read here hashes the source on a thread: ``graph.source.sha256`` waits
+    for it). It never asks the reading child anything (this process does): when a kernel is read
+    through h5py, which needs the file's walk first, the walk's verdict (with the hash) is waited
+    for before the fork; kernels read as the file's bytes need none."""
     mine, theirs = list(range(len(entries))), []
     if sum(_bytes(e, dtype) for e in entries) >= SPLIT_MIN_BYTES:
-        graph.source.sha256                                 # the reading child done (see above)
+        if not can_fork() or any(_through_library(e) for e in entries):
+            graph.source.sha256
         if can_fork():
             mine, theirs = _halves(entries, dtype)
     other = beside(_write_share, stage, entries, theirs, stems, dtype, nice=0) if theirs else None

@@ -290,3 +290,38 @@ def test_out_that_is_a_symlink_to_a_previous_export(small_model, small_export, t
         assert read_manifest(target)["layers"][0]["weights"]["shape"][0] == 6
     else:
         assert snapshot(target) == before
+
+
+def test_a_large_file_is_synced_while_it_is_written(tiny_yolo, tmp_path, monkeypatch):
+    """A file's bytes so far are synced every SYNC_EVERY bytes, beside the writing, not all after
+    its last block; the files are the same."""
+    import kerasfold.targets.mps.files as files
+    real, sizes = files._sync_early, []
+
+    def sync_early(fd):
+        sizes.append(os.fstat(fd).st_size)
+        return real(fd)
+    monkeypatch.setattr(files, "_sync_early", sync_early)
+    monkeypatch.setattr(files, "SYNC_EVERY", 4 << 20)
+    export(tiny_yolo["keras2-h5"], tmp_path / "early")
+    largest = (tmp_path / "early" / "conv2d_8_W.bin").stat().st_size
+    assert len(sizes) >= 5 and sum(0 < size < largest for size in sizes) >= 3
+    monkeypatch.setattr(files, "SYNC_EVERY", 1 << 62)
+    export(tiny_yolo["keras2-h5"], tmp_path / "late")
+    assert snapshot(tmp_path / "early") == snapshot(tmp_path / "late")
+
+
+def test_a_failed_early_sync_fails_the_export(previous, tiny_yolo, tmp_path, monkeypatch):
+    import errno
+
+    import kerasfold.targets.mps.files as files
+    from kerasfold.errors import ExportError
+    out, before = previous
+
+    def fdatasync(fd):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(files.os, "fdatasync", fdatasync)
+    with pytest.raises(ExportError, match="Input/output error"):
+        export(tiny_yolo["keras2-h5"], out)
+    assert snapshot(out) == before
+    assert _files(tmp_path) == ["out"]

@@ -1,6 +1,7 @@
 """Tensor files written beside the computing: a thread writes and hashes each file's blocks in
-order while the next ones are computed, and each finished file is synced to disk by other
-threads while the export goes on (the staging's final fsync then finds little left to do).
+order while the next ones are computed, and each file is synced to disk by other threads while
+the export goes on, a large one every SYNC_EVERY bytes as well as when finished (the staging's
+final fsync then finds little left to do).
 
     with TensorFiles() as files:
         info = files.write(path, blocks, shape, dtype)     # info["sha256"]: a future
@@ -20,11 +21,22 @@ import numpy as np
 
 MAX_IN_FLIGHT = 2                 # blocks handed to the writing thread, not written yet
 SYNC_THREADS = 2                  # fsync releases the GIL; the file system commits several at once
+SYNC_EVERY = 8 << 20              # a large file's bytes so far are synced every this many bytes: the
+                                  # disk writes them while the rest is computed, not all after it
 
 
 def _put(f: BinaryIO, digest: Any, data: memoryview) -> None:
     f.write(data)
     digest.update(data)                         # hashlib releases the GIL for large buffers
+
+
+def _sync_early(fd: int) -> None:
+    """Sync what a file holds so far (``fd``: a duplicate, closed here; the file may be closed
+    meanwhile by its final sync)."""
+    try:
+        os.fdatasync(fd) if hasattr(os, "fdatasync") else os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _sync(f: BinaryIO) -> None:
@@ -47,9 +59,10 @@ class TensorFiles:
         info, its ``sha256`` a future. An error while computing the blocks closes the file."""
         f = open(path, "wb")
         digest = hashlib.sha256()
+        unsynced = [0]
         try:
             for block in blocks:
-                self._in_flight.append(self._writer.submit(_put, f, digest, memoryview(block).cast("B")))
+                self._in_flight.append(self._writer.submit(self._put, f, digest, memoryview(block).cast("B"), unsynced))
                 while len(self._in_flight) > MAX_IN_FLIGHT:
                     self._in_flight.popleft().result()
         except BaseException:
@@ -59,6 +72,16 @@ class TensorFiles:
             raise
         return {"file": path.name, "shape": list(shape), "dtype": np.dtype(dtype).name,
                 "sha256": self._writer.submit(self._finish, f, digest)}
+
+    def _put(self, f: BinaryIO, digest: Any, data: memoryview, unsynced: list[int]) -> None:
+        """(The writing thread.) One block written and hashed; every SYNC_EVERY bytes, what the
+        file holds so far handed to a sync."""
+        _put(f, digest, data)
+        unsynced[0] += len(data)
+        if unsynced[0] >= SYNC_EVERY:
+            unsynced[0] = 0
+            f.flush()
+            self._synced.append(self._syncer.submit(_sync_early, os.dup(f.fileno())))
 
     def _finish(self, f: BinaryIO, digest: Any) -> str:
         """(The writing thread.) The file is complete: sync it beside the export; its hash."""

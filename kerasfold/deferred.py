@@ -32,6 +32,8 @@ class Deferred:
     stored: tuple[tuple[int, ...], np.dtype] | None = None  # its shape and dtype (set at creation)
     through_library: bool = False              # read through h5py, not as the file's bytes: a forked
                                                # process may read it only after the file's walk
+    mapped: Callable[[], np.ndarray | None] | None = None   # the stored array without a copy, where
+                                                            # this process may map the file (else None)
 
     def __post_init__(self) -> None:
         if self.stored is None:
@@ -91,13 +93,14 @@ class Deferred:
 
     def parts(self, scratch: Scratch | None = None) -> tuple[np.ndarray, np.ndarray | None]:
         """(values, factor): views whose float64 product is the weight (factor None: the values
-        are the weight). Reading the stored array is the only full-size allocation (into
-        ``scratch``'s memory when given), unless the steps hold two scales (then the first
-        product is computed)."""
-        if scratch is not None and self.read_into is not None:
+        are the weight). The stored array is a view of the mapped file where ``mapped`` gives one;
+        else reading it is the only full-size allocation (into ``scratch``'s memory when given),
+        unless the steps hold two scales (then the first product is computed)."""
+        value = self.mapped() if self.mapped is not None else None
+        if value is None and scratch is not None and self.read_into is not None:
             value = scratch.array(*self.stored)
             self.read_into(value)
-        else:
+        elif value is None:
             value = self.read()
         factor = None
         for step in self.steps:

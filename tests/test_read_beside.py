@@ -317,9 +317,65 @@ def test_kernels_read_in_a_forked_writer_open_their_own_file(tmp_path, beside):
     assert got == values.tobytes() and own
 
 
+def _mapped_in_a_child(kernels, stored, cut):
+    if cut:                                             # the file no longer holds the kernel whole
+        os.truncate(kernels.path, stored.offset + 100)
+    view = kernels.mapped(stored)
+    return None if view is None else (view.tobytes(), view.flags.owndata, view.flags.writeable)
+
+
+def _kernel_file(path):
+    import h5py
+    values = np.random.default_rng(3).standard_normal((3, 3, 32, 64)).astype(np.float32)
+    with h5py.File(path, "w") as f:
+        f.create_dataset("g/kernel", data=values)
+        offset = readers._raw_offset(f["g/kernel"])
+    return values, readers.Stored("/g/kernel", values.shape, values.dtype, offset)
+
+
+def test_a_forked_writer_maps_the_file_and_this_process_does_not(tmp_path, beside):
+    """A second writer reads kernels as read-only views of the mapped file (no copy, no fresh
+    memory); the process that read the model never maps it (a file cut short under a mapping
+    ends the process by SIGBUS: only a child may risk it), nor does a child map a kernel the
+    file no longer holds whole."""
+    values, stored = _kernel_file(tmp_path / "k.h5")
+    kernels = readers.Kernels(tmp_path / "k.h5")
+    try:
+        assert kernels.mapped(stored) is None
+        got, owns, writeable = forked.beside(_mapped_in_a_child, kernels, stored, False, nice=0).result()
+        assert got == values.tobytes() and not owns and not writeable
+        assert forked.beside(_mapped_in_a_child, kernels, stored, True, nice=0).result() is None
+    finally:
+        kernels.close()
+
+
+def test_a_second_writer_killed_by_sigbus_has_its_share_written_here(tmp_path, monkeypatch):
+    """A file cut short while a second writer reads it mapped kills that writer by SIGBUS: its
+    share is then written by this process, with plain reads (here the file is whole again: the
+    same files as one writer gives)."""
+    from models.small import build
+    from test_streaming import _split_export
+    path = tmp_path / "m.h5"
+    build(small.conv_bn_act, 0).save(path)
+    monkeypatch.setattr(readers, "can_fork", lambda: True)
+    monkeypatch.setattr(readers, "DEFERRED_MIN_BYTES", 0)
+    one, _, _ = _split_export(path, tmp_path / "one", "float32", False, monkeypatch)
+    real, reader, hit = readers.Kernels.mapped, os.getpid(), tmp_path / "sigbus"
+
+    def mapped(self, stored):
+        if os.getpid() != reader:
+            hit.write_text(str(os.getpid()))
+            os.kill(os.getpid(), signal.SIGBUS)
+        return real(self, stored)
+    monkeypatch.setattr(readers.Kernels, "mapped", mapped)
+    two, _, second_wrote = _split_export(path, tmp_path / "two", "float32", True, monkeypatch)
+    assert hit.exists() and int(hit.read_text()) != reader
+    assert not second_wrote and two == one                # its share written by this process
+
+
 def test_the_exporting_process_never_imports_h5py(tiny_yolo, tmp_path):
     """The command line's process leaves h5py (~60 ms to import) to the reading child when every
-    kernel lies plainly in the file; a kernel stored chunked is read through h5py, imported then,
+    kernel lies plainly in the file; kernels stored chunked are read through h5py, imported then,
     to the same files."""
     import subprocess
     import sys
@@ -327,12 +383,13 @@ def test_the_exporting_process_never_imports_h5py(tiny_yolo, tmp_path):
     import h5py
     chunked = tmp_path / "chunked.h5"
     chunked.write_bytes(tiny_yolo["keras2-h5"].read_bytes())
-    with h5py.File(chunked, "r+") as f:                   # conv2d_8's kernel rewritten chunked
-        group = f["model_weights/conv2d_8"]
-        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"] if "kernel" in str(n))
-        values = group[name][()]
-        del group[name]
-        group.create_dataset(name, data=values, chunks=(3, 3, 64, 64))
+    with h5py.File(chunked, "r+") as f:                   # every kernel rewritten chunked
+        for group in f["model_weights"].values():
+            for name in [n.decode() if isinstance(n, bytes) else n for n in group.attrs.get("weight_names", [])]:
+                if "kernel" in name:
+                    values = group[name][()]
+                    del group[name]
+                    group.create_dataset(name, data=values, chunks=tuple(max(1, d // 2) for d in values.shape))
     code = ("import sys\nfrom kerasfold.yolo2metal import main\n"
             "code = main([sys.argv[1], sys.argv[2], '-q'])\nprint(code, 'h5py' in sys.modules)\n")
     seen = {}

@@ -8,6 +8,7 @@ import dataclasses
 import functools
 import io
 import json
+import mmap
 import os
 import re
 import threading
@@ -160,13 +161,35 @@ class Kernels:
         self.path, self.ready = path, ready
         self._raw: BinaryIO | None = None
         self._h5: h5py.File | None = None
-        self._pid = os.getpid()
+        self._pid = self._reader = os.getpid()
 
     def _own(self) -> None:
         """Handles of this process only: a second writing process (forked) opens its own."""
         if self._pid != os.getpid():
             self._raw = self._h5 = None
             self._pid = os.getpid()
+
+    def mapped(self, stored: Stored) -> np.ndarray | None:
+        """The stored array as a read-only view of the file mapped into memory: no copy, and no
+        fresh memory to fault in (on a VM, zeroing it cost more than the copy). Only in a process
+        forked from the one that read the model (a second writer): a file cut short while mapped
+        ends the process by SIGBUS, and the exporting process then writes its share itself, with
+        plain reads, which say so in one line. None elsewhere, for a weight read through h5py, or
+        one the file no longer holds whole (the plain read reports it)."""
+        if stored.offset is None or os.getpid() == self._reader:
+            return None
+        self._own()
+        if self._raw is None:
+            self._raw = open(self.path, "rb", buffering=0)
+        count = int(np.prod(stored.shape, dtype=np.int64))
+        start = stored.offset - stored.offset % mmap.ALLOCATIONGRANULARITY
+        length = stored.offset + count * stored.dtype.itemsize - start
+        if start + length > os.fstat(self._raw.fileno()).st_size:
+            return None
+        # this kernel's pages only, unmapped with the last view of them: the file's pages a writer
+        # has read do not stay in its memory
+        pages = mmap.mmap(self._raw.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+        return np.frombuffer(pages, stored.dtype, count, stored.offset - start).reshape(stored.shape)
 
     def into(self, stored: Stored, out: np.ndarray) -> None:
         self._own()
@@ -202,6 +225,7 @@ class Kernels:
                 if isinstance(w, Stored):
                     weights[key] = Deferred(functools.partial(_reading, path, self.value, w), w.shape, w.dtype,
                                             read_into=functools.partial(_reading, path, self.into, w),
+                                            mapped=functools.partial(_reading, path, self.mapped, w),
                                             through_library=w.offset is None)
                     found = True
         return found

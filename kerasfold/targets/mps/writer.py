@@ -87,11 +87,13 @@ def _through_library(e: Entry) -> bool:
 
 def _halves(entries: list[Entry], dtype: str) -> tuple[list[int], list[int]]:
     """Entry indices for this process and for a second one, of about the same bytes (largest
-    first, each to the lighter side; an entry without tensors stays here), both in entry order."""
+    first, each to the lighter side, the second one first: it maps the model file, which makes a
+    byte cheaper there, see ``readers.Kernels.mapped``; an entry without tensors stays here), both
+    in entry order."""
     sides: tuple[list[int], list[int]] = ([], [])
     load = [0, 0]
     for i in sorted(range(len(entries)), key=lambda i: -_bytes(entries[i], dtype)):
-        side = 0 if load[0] <= load[1] or not _bytes(entries[i], dtype) else 1
+        side = 1 if load[1] <= load[0] and _bytes(entries[i], dtype) else 0
         sides[side].append(i)
         load[side] += _bytes(entries[i], dtype)
     return sorted(sides[0]), sorted(sides[1])

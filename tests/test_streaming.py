@@ -450,3 +450,35 @@ def test_a_walk_that_fails_after_the_second_writer_forked_keeps_out(how, tmp_pat
         _split_export(path, out, "float32", True, monkeypatch)
     assert snapshot(out) == before
     assert [p.name for p in out.parent.iterdir() if p.name.startswith(".")] == []
+
+
+def test_blocks_are_computed_into_reused_memory_and_written_intact(tmp_path, monkeypatch):
+    """A file's blocks are computed into TensorFiles' MAX_IN_FLIGHT + 1 buffers in turn, not
+    fresh memory each; with a slow writing thread (every block still in flight that may be), no
+    block is overwritten before it is written."""
+    import time
+
+    from kerasfold.targets.mps import files
+    from kerasfold.targets.mps.stream import FileTensor
+    kernel = RNG.standard_normal((3, 3, 64, 700)).astype(np.float32)         # 700 outputs: 6 blocks
+    factor = RNG.uniform(0.5, 2, 700)
+    weight = Deferred(lambda: kernel, kernel.shape, kernel.dtype).transpose(3, 0, 1, 2).scaled(factor[:, None, None, None])
+    expected = np.multiply(kernel.transpose(3, 0, 1, 2), factor[:, None, None, None], dtype=np.float64).astype("<f4")
+    real_put = files._put
+
+    def slow_put(f, digest, data):
+        time.sleep(0.02)
+        return real_put(f, digest, data)
+    monkeypatch.setattr(files, "_put", slow_put)
+    given = []
+    with files.TensorFiles() as tensor_files:
+        def memory(shape, dtype):
+            given.append(tensor_files.memory(shape, dtype))
+            return given[-1]
+        for name in ("a.bin", "b.bin"):
+            tensor_files.write(tmp_path / name, FileTensor(weight, "float32", "w", memory=memory).blocks(),
+                               expected.shape, np.dtype("<f4"))
+    for name in ("a.bin", "b.bin"):
+        assert (tmp_path / name).read_bytes() == expected.tobytes()
+    addresses = [array.__array_interface__["data"][0] for array in given]
+    assert len(given) == 12 and len(set(addresses)) == files.MAX_IN_FLIGHT + 1

@@ -52,6 +52,19 @@ class TensorFiles:
         self._syncer = ThreadPoolExecutor(max_workers=SYNC_THREADS)
         self._in_flight: deque[Future] = deque()
         self._synced: list[Future] = []
+        self._ring = [np.empty(0, np.uint8) for _ in range(MAX_IN_FLIGHT + 1)]
+        self._turn = 0
+
+    def memory(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """An array to compute the next block given to :meth:`write` into: the MAX_IN_FLIGHT + 1
+        buffers in turn, grown when too small. A block is in flight until written, and at most
+        MAX_IN_FLIGHT are while the next is computed, so a buffer is free again when its turn
+        comes. Fresh memory for every block cost page faults (on a VM, zeroing) each time."""
+        nbytes = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        turn, self._turn = self._turn, (self._turn + 1) % len(self._ring)
+        if self._ring[turn].size < nbytes:
+            self._ring[turn] = np.empty(nbytes, np.uint8)
+        return self._ring[turn][:nbytes].view(dtype).reshape(shape)
 
     def write(self, path: Path, blocks: Iterable[np.ndarray], shape: tuple[int, ...],
               dtype: np.dtype) -> dict[str, Any]:

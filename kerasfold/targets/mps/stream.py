@@ -13,7 +13,7 @@ import numpy as np
 
 from ...deferred import Deferred, Scratch
 from .float16 import HalfStats, half_stats
-from .strips import contiguous, slabs
+from .strips import Memory, contiguous, slabs
 
 _HALF_EXPONENT = 0x7C00          # float16 exponent bits: none set, zero or subnormal; all set, inf or NaN
 _HALF_MAGNITUDE = 0x7FFF
@@ -31,10 +31,12 @@ class FileTensor:
     """The bytes of ``array`` in ``dtype`` (little-endian, C order) as :meth:`blocks`; for a
     deferred float16 weight, :attr:`half` holds what float16 did to it once every block is out
     (an array given as it is has its stats in its entry already). A deferred weight is read into
-    ``scratch``'s memory when given (the blocks never point into it)."""
+    ``scratch``'s memory when given (the blocks never point into it), and its blocks are computed
+    into ``memory(shape, dtype)`` when given (``TensorFiles.memory``: reused, not fresh)."""
 
-    def __init__(self, array: np.ndarray | Deferred, dtype: str, layer: str, scratch: Scratch | None = None):
-        self.array, self.layer, self.scratch = array, layer, scratch
+    def __init__(self, array: np.ndarray | Deferred, dtype: str, layer: str, scratch: Scratch | None = None,
+                 memory: Memory | None = None):
+        self.array, self.layer, self.scratch, self.memory = array, layer, scratch, memory
         self.dtype = np.dtype(dtype).newbyteorder("<")
         self.shape = tuple(array.shape)
         self.half: HalfStats | None = None
@@ -48,7 +50,7 @@ class FileTensor:
         nonzero = kept = subnormal = 0
         checked = False
         with np.errstate(over="ignore", invalid="ignore"):   # beyond the range: the checks say so
-            for block, count in slabs(value, self.dtype, factor, count=half):
+            for block, count in slabs(value, self.dtype, factor, count=half, memory=self.memory):
                 if np.may_share_memory(block, value):        # the read itself (no layout, no cast):
                     block = block.copy()                     # the next read reuses its memory
                 bits = block.view(np.uint16) & _HALF_MAGNITUDE if half else None

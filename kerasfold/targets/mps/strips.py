@@ -12,11 +12,12 @@ are the same as ``np.ascontiguousarray(view, dtype)``'s; a folded element is the
 from __future__ import annotations
 
 import itertools
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
 TILE = 128
+Memory = Callable[[tuple[int, ...], np.dtype], np.ndarray]     # (shape, dtype) -> an array to fill
 
 
 def _planes(shape: tuple[int, ...]) -> Iterator[tuple]:
@@ -31,11 +32,13 @@ def _tiles(rows: int, cols: int) -> Iterator[tuple[slice, slice]]:
             yield slice(i, i + TILE), slice(j, j + TILE)
 
 
-def contiguous(view: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
+def contiguous(view: np.ndarray, dtype: np.dtype | str, out: np.ndarray | None = None) -> np.ndarray:
+    """``view`` in ``dtype``, C-contiguous (``view`` itself when it is already), computed into
+    ``out`` when given."""
     dtype = np.dtype(dtype)
     if view.flags.c_contiguous and view.dtype == dtype:
         return view
-    out = np.empty(view.shape, dtype)
+    out = np.empty(view.shape, dtype) if out is None else out
     if view.ndim < 2 or view.size == 0:
         np.copyto(out, view, casting="same_kind")
         return out
@@ -50,11 +53,11 @@ def contiguous(view: np.ndarray, dtype: np.dtype | str) -> np.ndarray:
 
 
 def scaled_contiguous(view: np.ndarray, factor: np.ndarray, dtype: np.dtype | str,
-                      count: bool = False) -> tuple[np.ndarray, int]:
-    """(``view * factor`` computed in float64 and rounded once to ``dtype``, C-contiguous; with
-    ``count``, how many of the float64 products are nonzero). ``factor`` has ``view``'s shape (a
-    broadcast view); the float64 products live in one reused tile."""
-    out = np.empty(view.shape, np.dtype(dtype))
+                      count: bool = False, out: np.ndarray | None = None) -> tuple[np.ndarray, int]:
+    """(``view * factor`` computed in float64 and rounded once to ``dtype``, C-contiguous, into
+    ``out`` when given; with ``count``, how many of the float64 products are nonzero). ``factor``
+    has ``view``'s shape (a broadcast view); the float64 products live in one reused tile."""
+    out = np.empty(view.shape, np.dtype(dtype)) if out is None else out
     if view.ndim < 2 or view.size == 0:
         product = np.multiply(view, factor, dtype=np.float64)
         np.copyto(out, product, casting="same_kind")
@@ -77,17 +80,19 @@ def scaled_contiguous(view: np.ndarray, factor: np.ndarray, dtype: np.dtype | st
 
 
 def slabs(view: np.ndarray, dtype: np.dtype | str, factor: np.ndarray | None = None,
-          count: bool = False, rows: int = TILE) -> Iterator[tuple[np.ndarray, int]]:
+          count: bool = False, rows: int = TILE, memory: Memory | None = None) -> Iterator[tuple[np.ndarray, int]]:
     """``view`` (times ``factor`` in float64, when given) in ``dtype`` and C order, as C-contiguous
     blocks of up to ``rows`` along the first axis (the file's bytes, in order), each with how many
     of its values are nonzero before rounding (``count``; else 0). For a kernel in OHWI, a block is
-    ``rows`` output channels: the writer writes and hashes one while the next is computed."""
+    ``rows`` output channels: the writer writes and hashes one while the next is computed.
+    ``memory(shape, dtype)``: the array each block is computed into (default: a new one)."""
     dtype = np.dtype(dtype)
     if view.ndim < 2 or view.size == 0:
         rows = max(1, len(view))
     for start in range(0, max(1, len(view)), rows):
         part = view[start:start + rows]
+        out = None if memory is None else memory(part.shape, dtype)
         if factor is not None:
-            yield scaled_contiguous(part, factor[start:start + rows], dtype, count)
+            yield scaled_contiguous(part, factor[start:start + rows], dtype, count, out)
         else:
-            yield contiguous(part, dtype), int(np.count_nonzero(part)) if count else 0
+            yield contiguous(part, dtype, out), int(np.count_nonzero(part)) if count else 0

@@ -129,7 +129,7 @@ def _write_entries(stage: Path, entries: list[Entry], stems: dict[str, str], dty
         meta = dict(e.meta)
         for key, tensor in e.tensors.items():
             suffix, kind = ("_W", dtype) if key == "weights" else ("_b", "float32")
-            data = FileTensor(tensor.array, kind, e.name, scratch)
+            data = FileTensor(tensor.array, kind, e.name, scratch, files.memory)
             try:
                 info = files.write(stage / f"{stems[e.name]}{suffix}.bin", data.blocks(), data.shape, data.dtype)
             except ExportError as err:

@@ -383,10 +383,13 @@ def test_probe_refuses_an_hdf5_library_that_hangs_or_crashes():
 
 
 def test_export_reads_through_the_probe(seeds, clean_export, tmp_path, capfd, monkeypatch):
-    """A model whose structure walk never ends is refused after the deadline (h5 and .keras)."""
+    """A model whose structure never reads to the end is refused after the deadline (h5 and
+    .keras): the walk of the probe, or the read in the reading child, hangs."""
+    from kerasfold import readers
     from kerasfold.readers import hdf5
     monkeypatch.setattr(hdf5, "PROBE_SECONDS", 0.3)
     monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
+    monkeypatch.setattr(readers, "h5_structure", lambda f, lazy: time.sleep(60))
     for flavour in ("keras2-h5", "keras"):
         out = copy_tree(clean_export, tmp_path / flavour)
         assert "reading does not end" in refused(capfd, seeds[flavour], out)

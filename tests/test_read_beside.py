@@ -119,31 +119,43 @@ def test_a_read_that_hangs_in_the_child_is_refused_after_the_deadline(beside, ti
 
 @pytest.mark.parametrize("how", ["hangs", "crashes"])
 def test_a_walk_that_hangs_or_crashes_fails_the_hash_and_any_h5py_read(how, beside, tiny_yolo, monkeypatch):
-    """The child sends the model before it walks the file: the walk's verdict comes with the hash
-    (which the manifest needs), and before any kernel is read through the HDF5 library."""
+    """When a kernel will be read through h5py, the child walks the file after sending the model:
+    the walk's verdict comes with the hash (which the manifest needs), and before any kernel is
+    read through the HDF5 library."""
     monkeypatch.setattr(hdf5, "PROBE_SECONDS", 0.3)
     if how == "hangs":
         monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
     else:
         monkeypatch.setattr(hdf5, "_walk", lambda f: os.kill(os.getpid(), signal.SIGSEGV))
     message = "reading does not end" if how == "hangs" else "crashes the HDF5 library"
-    reading, model = _in_child(tiny_yolo["keras2-h5"])
-    kernel = next(w for n in model for w in n.weights.values() if isinstance(w, Deferred))
-    try:
-        with pytest.raises(ExportError, match=message) as caught:
-            model.source.sha256
-        assert str(caught.value).startswith(f"{tiny_yolo['keras2-h5']}: ")
-        assert kernel.read().shape == kernel.stored[0]              # its bytes need no HDF5 call
-    finally:
-        model.close()
     monkeypatch.setattr(readers, "_raw_offset", lambda dataset: None)   # as a chunked kernel: h5py reads it
     reading, model = _in_child(tiny_yolo["keras2-h5"])
     kernel = next(w for n in model for w in n.weights.values() if isinstance(w, Deferred))
     try:
         with pytest.raises(ExportError, match=message):
             kernel.read()
+        with pytest.raises(ExportError, match=message) as caught:
+            model.source.sha256
+        assert str(caught.value).startswith(f"{tiny_yolo['keras2-h5']}: ")
     finally:
         model.close()
+
+
+def test_a_file_read_as_bytes_is_not_walked(beside, tiny_yolo, monkeypatch):
+    """Every kernel read at its offset: this process never calls the HDF5 library, so the child
+    does not walk the file (a walk that would hang is never started); the hash is the file's."""
+    path = tiny_yolo["keras2-h5"]
+    monkeypatch.setattr(hdf5, "PROBE_SECONDS", 2.0)
+    monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
+    start = time.monotonic()
+    reading, model = _in_child(path)
+    try:
+        kernel = next(w for n in model for w in n.weights.values() if isinstance(w, Deferred))
+        assert kernel.read().shape == kernel.stored[0]
+        assert model.source.sha256 == hashlib.sha256(path.read_bytes()).hexdigest()
+    finally:
+        model.close()
+    assert time.monotonic() - start < 2.0
 
 
 def test_a_read_that_crashes_the_child_is_refused(beside, tiny_yolo, monkeypatch):

@@ -429,9 +429,10 @@ def test_the_second_writer_waits_for_the_walk_only_for_a_kernel_read_through_h5p
 
 
 @pytest.mark.parametrize("how", ["hangs", "crashes"])
-def test_a_walk_that_fails_after_the_second_writer_forked_keeps_out(how, tmp_path, monkeypatch, previous):
-    """The second writer forks before the file's walk has ended: a file whose walk hangs or
-    crashes is still refused before OUT is touched, with the probe's line, no staging left."""
+def test_a_walk_that_fails_keeps_out(how, tmp_path, monkeypatch, previous):
+    """A kernel read through h5py makes the child walk the file: a file whose walk hangs or
+    crashes is refused before OUT is touched, with the probe's line, no staging left. Read as
+    bytes only, the same file is not walked, and exports."""
     import signal
     import time
 
@@ -445,6 +446,9 @@ def test_a_walk_that_fails_after_the_second_writer_forked_keeps_out(how, tmp_pat
         monkeypatch.setattr(hdf5, "_walk", lambda f: time.sleep(60))
     else:
         monkeypatch.setattr(hdf5, "_walk", lambda f: os.kill(os.getpid(), signal.SIGSEGV))
+    files, _, _ = _split_export(path, tmp_path / "plain", "float32", True, monkeypatch)
+    assert "manifest.json" in files
+    _chunk_kernel(path, "head")
     out, before = previous
     with pytest.raises(ExportError, match="reading does not end" if how == "hangs" else "crashes the HDF5"):
         _split_export(path, out, "float32", True, monkeypatch)

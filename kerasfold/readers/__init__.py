@@ -534,6 +534,12 @@ def _sha256_at(path: Path) -> str:
         return file_sha256(path)
 
 
+def _read_through_h5py(read: H5Read) -> bool:
+    """Whether the export will read a weight of this read through h5py (a :class:`Stored` with no
+    offset: chunked, compressed, converted), so that the reading child must walk the file first."""
+    return any(isinstance(w, Stored) and w.offset is None for n in read[3] for w in n.weights.values())
+
+
 class _ReadingBeside(Reading):
     """A lazy legacy ``.h5`` read in a child (``hdf5.ReadBeside``); this process then only reads
     the kernels' bytes (:class:`Kernels`). The file's walk is waited for with its hash, or before
@@ -544,7 +550,8 @@ class _ReadingBeside(Reading):
         super().__init__(path, _read_h5, True)
         self.hashed = hashed
         self.child = ReadBeside(functools.partial(open_h5, path), functools.partial(_structure_at, path),
-                                None if hashed is not None else functools.partial(_sha256_at, path))
+                                None if hashed is not None else functools.partial(_sha256_at, path),
+                                needs_walk=_read_through_h5py)
 
     def result(self) -> Model:
         path = self.path

@@ -7,12 +7,14 @@ a deadline: a file whose structure does not read in time, or that kills the chil
 before the real read starts.
 
 :class:`ReadBeside` goes further for an export's lazy read: its child reads the model (what it
-sends back is picklable, the large kernels as offsets into the file), then walks the file, then
+sends back is picklable, the kernels as offsets into the file), under the same deadline, then
 hashes it, each answer sent through a pipe as soon as it is known. The process that exports never
-walks HDF5 structures itself, nor imports h5py (the child does: ~60 ms), and its own work
-(importing the rest of kerasfold, lowering the model) runs meanwhile on the other core; it reads
-the kernels' bytes without the HDF5 library, so it needs the walk's verdict only before its result counts (with the file's hash), or before
-reading a kernel through h5py.
+calls the HDF5 library, nor imports h5py (the child does: ~60 ms), and its own work (importing the
+rest of kerasfold, lowering the model) runs meanwhile on the other core; it reads the kernels'
+bytes at their offsets. Only when it will read a kernel through h5py (chunked, compressed,
+converted) does the child walk the whole file first, as the probe does: that walk is what keeps
+the library from hanging or crashing in this process. Without it, the parts of the file the read
+did not touch are never read by anyone (the walk cost ~45 ms of CPU beside the writing).
 """
 from __future__ import annotations
 
@@ -114,19 +116,22 @@ class ReadBeside(Piped):
     """A legacy ``.h5`` read, probed and hashed in a forked child, started now.
 
     The child calls ``read()``: its value, or the :class:`ExportError` it raised, is the first
-    answer (:meth:`read`). Then it walks the file as :func:`probe` does (:meth:`walked`); the
-    read and the walk are under the probe's deadline, counted from the fork. Then it sends the
-    file's sha256, ``digest()`` (:meth:`digest`; None: no hash). A child that hangs or crashes in the read or the
-    walk is refused as the probe refuses it; a child that fails otherwise (a bug of ours, a hash
-    it could not finish) answers nothing, and the caller does that work itself. Only fork where
-    no other thread runs (``kerasfold.forked.can_fork``)."""
+    answer (:meth:`read`). Then, when ``needs_walk(value)`` (the caller will read the file
+    through h5py), it walks the file as :func:`probe` does; either way it then says so
+    (:meth:`walked`). The read and the walk are under the probe's deadline, counted from the fork.
+    Then it sends the file's sha256, ``digest()`` (:meth:`digest`; None: no hash). A child that
+    hangs or crashes in the read or the walk is refused as the probe refuses it; a child that
+    fails otherwise (a bug of ours, a hash it could not finish) answers nothing, and the caller
+    does that work itself. Only fork where no other thread runs (``kerasfold.forked.can_fork``)."""
 
     def __init__(self, open_file: Callable[[], h5py.File], read: Callable[[], Any],
-                 digest: Callable[[], str] | None, seconds: float | None = None) -> None:
+                 digest: Callable[[], str] | None, seconds: float | None = None,
+                 needs_walk: Callable[[Any], bool] = lambda value: True) -> None:
         self.seconds = PROBE_SECONDS if seconds is None else seconds
-        super().__init__(lambda fd: _read_in_child(open_file, read, digest, self.seconds, fd))
+        super().__init__(lambda fd: _read_in_child(open_file, read, digest, self.seconds, fd, needs_walk))
         self._deadline = time.monotonic() + self.seconds
         self._walked = False
+        self._refused: ExportError | None = None
 
     def _next(self) -> tuple[str, Any] | None:
         """The child's next answer under the deadline; None when it ended without one (not by a
@@ -160,11 +165,18 @@ class ReadBeside(Piped):
         return True, value
 
     def walked(self) -> None:
-        """Return once the child has walked the file (after :meth:`read` answered); the probe's
-        errors for a file whose walk hangs or crashes."""
+        """Return once the child has walked the file, or found no need to (after :meth:`read`
+        answered); the probe's errors for a file whose walk hangs or crashes, again at every
+        later call."""
         if self._walked:
             return
-        answer = self._next() if self._fd is not None else None
+        if self._refused is not None:
+            raise self._refused
+        try:
+            answer = self._next() if self._fd is not None else None
+        except ExportError as err:
+            self._refused = err
+            raise
         if answer is None or answer[0] != "walked":    # not a signal, not the file: a bug of ours
             self.cancel()
             raise RuntimeError(f"the reading child ended before walking the file (it said {answer!r:.80})")
@@ -186,7 +198,8 @@ class ReadBeside(Piped):
 
 
 def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any],
-                   digest: Callable[[], str] | None, seconds: float, fd: int) -> None:
+                   digest: Callable[[], str] | None, seconds: float, fd: int,
+                   needs_walk: Callable[[Any], bool]) -> None:
     code = 1
     try:
         _child_setup(seconds)
@@ -197,8 +210,9 @@ def _read_in_child(open_file: Callable[[], h5py.File], read: Callable[[], Any],
         send(fd, answer)
         if answer[0] == "read":
             try:
-                with open_file() as f:
-                    _walk(f)
+                if needs_walk(answer[1]):
+                    with open_file() as f:
+                        _walk(f)
             except Exception:                          # Python-level: the read reports what it reads
                 pass
             send(fd, ("walked", None))

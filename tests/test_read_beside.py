@@ -329,9 +329,15 @@ def test_kernels_read_in_a_forked_writer_open_their_own_file(tmp_path, beside):
     assert got == values.tobytes() and own
 
 
-def _mapped_in_a_child(kernels, stored, cut):
+def _mapped_in_a_child(kernels, stored, cut, unmappable=False):
     if cut:                                             # the file no longer holds the kernel whole
         os.truncate(kernels.path, stored.offset + 100)
+    if unmappable:                                      # a file system that refuses mmap (ENODEV)
+        import mmap
+
+        def refuse(*args, **kwargs):
+            raise OSError(19, "No such device")
+        mmap.mmap = refuse
     view = kernels.mapped(stored)
     return None if view is None else (view.tobytes(), view.flags.owndata, view.flags.writeable)
 
@@ -349,13 +355,14 @@ def test_a_forked_writer_maps_the_file_and_this_process_does_not(tmp_path, besid
     """A second writer reads kernels as read-only views of the mapped file (no copy, no fresh
     memory); the process that read the model never maps it (a file cut short under a mapping
     ends the process by SIGBUS: only a child may risk it), nor does a child map a kernel the
-    file no longer holds whole."""
+    file no longer holds whole, or a file its file system will not map (it reads those)."""
     values, stored = _kernel_file(tmp_path / "k.h5")
     kernels = readers.Kernels(tmp_path / "k.h5")
     try:
         assert kernels.mapped(stored) is None
         got, owns, writeable = forked.beside(_mapped_in_a_child, kernels, stored, False, nice=0).result()
         assert got == values.tobytes() and not owns and not writeable
+        assert forked.beside(_mapped_in_a_child, kernels, stored, False, True, nice=0).result() is None
         assert forked.beside(_mapped_in_a_child, kernels, stored, True, nice=0).result() is None
     finally:
         kernels.close()

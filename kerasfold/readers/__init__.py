@@ -176,8 +176,9 @@ class Kernels:
         fresh memory to fault in (on a VM, zeroing it cost more than the copy). Only in a process
         forked from the one that read the model (a second writer): a file cut short while mapped
         ends the process by SIGBUS, and the exporting process then writes its share itself, with
-        plain reads, which say so in one line. None elsewhere, for a weight read through h5py, or
-        one the file no longer holds whole (the plain read reports it)."""
+        plain reads, which say so in one line. None elsewhere, for a weight read through h5py, one
+        the file no longer holds whole (the plain read reports it), or where the file cannot be
+        mapped."""
         if stored.offset is None or os.getpid() == self._reader:
             return None
         self._own()
@@ -190,7 +191,10 @@ class Kernels:
             return None
         # this kernel's pages only, unmapped with the last view of them: the file's pages a writer
         # has read do not stay in its memory
-        pages = mmap.mmap(self._raw.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+        try:
+            pages = mmap.mmap(self._raw.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+        except OSError:                                  # a file system that cannot map: read it
+            return None
         return np.frombuffer(pages, stored.dtype, count, stored.offset - start).reshape(stored.shape)
 
     def into(self, stored: Stored, out: np.ndarray) -> None:

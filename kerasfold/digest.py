@@ -3,13 +3,13 @@ check uses it without importing numpy or h5py; hashlib releases the GIL, so a wo
 hash while the main thread reads the model)."""
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 BLOCK = 1 << 20
 
 
 def file_sha256(path: str | Path) -> str:
+    import hashlib                  # here: the command line forks the hashing before it (~5-10 ms)
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(BLOCK):

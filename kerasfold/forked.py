@@ -27,11 +27,12 @@ import signal
 import struct
 import threading
 import time
-from concurrent import futures
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .errors import ExportError
+
+if TYPE_CHECKING:
+    from concurrent.futures import Future
 
 
 NICE = 10                                      # beside()'s default: work off the critical path
@@ -63,7 +64,8 @@ class _Done(Pending):
 
 class _Thread(Pending):
     def __init__(self, fn: Callable[..., Any], args: tuple) -> None:
-        pool = ThreadPoolExecutor(max_workers=1)
+        from concurrent.futures import ThreadPoolExecutor   # not before numpy: the command line
+        pool = ThreadPoolExecutor(max_workers=1)             # forks its children first (~9 ms)
         self._future: Future = pool.submit(fn, *args)
         pool.shutdown(wait=False)              # the thread ends with its one task
 
@@ -72,6 +74,7 @@ class _Thread(Pending):
 
     def cancel(self) -> None:
         if not self._future.cancel():
+            from concurrent import futures
             futures.wait([self._future])       # no thread of ours outlives the caller's work
 
 

@@ -13,7 +13,6 @@ export therefore never imports it.
 from __future__ import annotations
 
 import json
-from decimal import Decimal
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -69,6 +68,8 @@ def _passes_generated_check(text: str) -> bool:
     than the schema, never looser: numbers with a fraction or an exponent reach it as Decimal, so
     that 2.0 is no integer to it either (the strict "integer" of :func:`_validator`). A manifest
     it refuses goes to jsonschema, which says why (or accepts it)."""
+    from decimal import Decimal
+
     from . import manifest_check
     try:
         manifest_check.validate(json.loads(text, parse_float=Decimal))

@@ -171,6 +171,13 @@ class Kernels:
             self._raw = self._h5 = None
             self._pid = os.getpid()
 
+    def _file(self) -> BinaryIO:
+        """The model file, unbuffered, opened once by this process."""
+        self._own()
+        if self._raw is None:
+            self._raw = open(self.path, "rb", buffering=0)
+        return self._raw
+
     def mapped(self, stored: Stored) -> np.ndarray | None:
         """The stored array as a read-only view of the file mapped into memory: no copy, and no
         fresh memory to fault in (on a VM, zeroing it cost more than the copy). Only in a process
@@ -181,18 +188,16 @@ class Kernels:
         mapped."""
         if stored.offset is None or os.getpid() == self._reader:
             return None
-        self._own()
-        if self._raw is None:
-            self._raw = open(self.path, "rb", buffering=0)
+        raw = self._file()
         count = int(np.prod(stored.shape, dtype=np.int64))
         start = stored.offset - stored.offset % mmap.ALLOCATIONGRANULARITY
         length = stored.offset + count * stored.dtype.itemsize - start
-        if start + length > os.fstat(self._raw.fileno()).st_size:
+        if start + length > os.fstat(raw.fileno()).st_size:
             return None
         # this kernel's pages only, unmapped with the last view of them: the file's pages a writer
         # has read do not stay in its memory
         try:
-            pages = mmap.mmap(self._raw.fileno(), length, access=mmap.ACCESS_READ, offset=start)
+            pages = mmap.mmap(raw.fileno(), length, access=mmap.ACCESS_READ, offset=start)
         except OSError:                                  # a file system that cannot map: read it
             return None
         return np.frombuffer(pages, stored.dtype, count, stored.offset - start).reshape(stored.shape)
@@ -207,12 +212,11 @@ class Kernels:
             return
         if not out.flags.c_contiguous:                  # reshape would copy: the bytes would go there
             raise ValueError(f"expected a C-contiguous array to read {stored.dataset} into")
-        if self._raw is None:
-            self._raw = open(self.path, "rb", buffering=0)
+        raw = self._file()
         memory = memoryview(out.reshape(-1).view(np.uint8))
         done = 0
         while done < len(memory):                       # positional reads: no shared file offset
-            got = _read_at(self._raw, memory[done:], stored.offset + done)
+            got = _read_at(raw, memory[done:], stored.offset + done)
             if not got:
                 raise EOFError(f"{stored.dataset} holds {done} of its {len(memory)} bytes")
             done += got

@@ -75,7 +75,8 @@ class TensorFiles:
         unsynced = [0]
         try:
             for block in blocks:
-                self._in_flight.append(self._writer.submit(self._put, f, digest, memoryview(block).cast("B"), unsynced))
+                data = memoryview(block).cast("B")
+                self._in_flight.append(self._writer.submit(self._put_and_sync, f, digest, data, unsynced))
                 while len(self._in_flight) > MAX_IN_FLIGHT:
                     self._in_flight.popleft().result()
         except BaseException:
@@ -86,7 +87,7 @@ class TensorFiles:
         return {"file": path.name, "shape": list(shape), "dtype": np.dtype(dtype).name,
                 "sha256": self._writer.submit(self._finish, f, digest)}
 
-    def _put(self, f: BinaryIO, digest: Any, data: memoryview, unsynced: list[int]) -> None:
+    def _put_and_sync(self, f: BinaryIO, digest: Any, data: memoryview, unsynced: list[int]) -> None:
         """(The writing thread.) One block written and hashed; every SYNC_EVERY bytes, what the
         file holds so far handed to a sync."""
         _put(f, digest, data)

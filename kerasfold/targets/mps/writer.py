@@ -85,17 +85,17 @@ def _through_library(e: Entry) -> bool:
     return any(isinstance(t.array, Deferred) and t.array.through_library for t in e.tensors.values())
 
 
-def _halves(entries: list[Entry], dtype: str) -> tuple[list[int], list[int]]:
-    """Entry indices for this process and for a second one, of about the same bytes (largest
-    first, each to the lighter side, the second one first: it maps the model file, which makes a
-    byte cheaper there, see ``readers.Kernels.mapped``; an entry without tensors stays here), both
-    in entry order."""
+def _halves(sizes: list[int]) -> tuple[list[int], list[int]]:
+    """Entry indices for this process and for a second one, of about the same bytes (``sizes``:
+    each entry's; largest first, each to the lighter side, the second one first: it maps the
+    model file, which makes a byte cheaper there, see ``readers.Kernels.mapped``; an entry
+    without tensors stays here), both in entry order."""
     sides: tuple[list[int], list[int]] = ([], [])
     load = [0, 0]
-    for i in sorted(range(len(entries)), key=lambda i: -_bytes(entries[i], dtype)):
-        side = 1 if load[1] <= load[0] and _bytes(entries[i], dtype) else 0
+    for i in sorted(range(len(sizes)), key=lambda i: -sizes[i]):
+        side = 1 if load[1] <= load[0] and sizes[i] else 0
         sides[side].append(i)
-        load[side] += _bytes(entries[i], dtype)
+        load[side] += sizes[i]
     return sorted(sides[0]), sorted(sides[1])
 
 
@@ -156,12 +156,13 @@ def _write_all(stage: Path, graph: Graph, entries: list[Entry], stems: dict[str,
     for it). It never asks the reading child anything (this process does): when a kernel is read
     through h5py, which needs the file's walk first, the walk's verdict (with the hash) is waited
     for before the fork; kernels read as the file's bytes need none."""
+    sizes = [_bytes(e, dtype) for e in entries]
     mine, theirs = list(range(len(entries))), []
-    if sum(_bytes(e, dtype) for e in entries) >= SPLIT_MIN_BYTES:
+    if sum(sizes) >= SPLIT_MIN_BYTES:
         if not can_fork() or any(_through_library(e) for e in entries):
             graph.source.sha256
         if can_fork():
-            mine, theirs = _halves(entries, dtype)
+            mine, theirs = _halves(sizes)
     other = beside(_write_share, stage, entries, theirs, stems, dtype, nice=0) if theirs else None
     try:
         with TensorFiles() as files:
@@ -176,7 +177,7 @@ def _write_all(stage: Path, graph: Graph, entries: list[Entry], stems: dict[str,
         if other is not None:
             other.cancel()
     if progress is not None and theirs:
-        progress(len(entries), len(entries), sum(_bytes(e, dtype) for e in entries))
+        progress(len(entries), len(entries), sum(sizes))
     return [layers[i] for i in range(len(entries))]
 
 

@@ -1,9 +1,11 @@
 """Work started beside the export, its answer asked for later: in a forked child process when
 that is safe, else in a thread.
 
-A child has a GIL of its own. OUT's manifest validation (jsonschema's import and the validation:
-~0.15 s of Python) run in a thread beside the writing held the GIL against the fold pass and
-made a plain export of tiny-yolo-voc over a previous OUT ~0.1 s slower.
+A child has a GIL of its own. OUT's manifest validation, when it ran jsonschema (its import and
+the validation: ~0.15 s of Python; now only for a manifest the generated check refuses), run in a
+thread beside the writing held the GIL against the fold pass and made a plain export of
+tiny-yolo-voc over a previous OUT ~0.1 s slower. The source's hash and an export's second writer
+run in children for the same reason.
 
     pending = beside(check_out_dir, out)      # forked when no other thread runs
     seen = pending.result()                   # its value, or the ExportError it raised

@@ -119,11 +119,16 @@ def test_the_model_file_is_closed_after_an_export(tmp_path, monkeypatch):
     assert str(path) not in links
 
 
+def _weight_name(group, variable):
+    """The dataset of ``group`` (a layer's in model_weights) whose name holds ``variable``."""
+    names = [n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]]
+    return next(n for n in names if variable in n)
+
+
 def _edit_kernel(path, layer, change):
     with h5py.File(path, "r+") as f:
         group = f["model_weights"][layer]
-        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
-                    if "kernel" in (n.decode() if isinstance(n, bytes) else n))
+        name = _weight_name(group, "kernel")
         data = np.asarray(group[name][()])
         group[name][...] = change(data)
 
@@ -131,9 +136,7 @@ def _edit_kernel(path, layer, change):
 def _edit_bn(path, layer, variable, value):
     with h5py.File(path, "r+") as f:
         group = f["model_weights"][layer]
-        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
-                    if variable in (n.decode() if isinstance(n, bytes) else n))
-        group[name][...] = value
+        group[_weight_name(group, variable)][...] = value
 
 
 def _nan_kernel(path):
@@ -390,8 +393,7 @@ def _chunk_kernel(path, layer):
     """``layer``'s kernel stored chunked: read through h5py, not as the file's bytes."""
     with h5py.File(path, "r+") as f:
         group = f["model_weights"][layer]
-        name = next(n.decode() if isinstance(n, bytes) else n for n in group.attrs["weight_names"]
-                    if "kernel" in (n.decode() if isinstance(n, bytes) else n))
+        name = _weight_name(group, "kernel")
         data = np.asarray(group[name][()])
         del group[name]
         group.create_dataset(name, data=data, chunks=tuple(max(1, d // 2) for d in data.shape))
